@@ -1,0 +1,25 @@
+"""Hugging Face-native MobileCLIP and MobileCLIP2.
+
+This folder is also the remote-code folder copied next to saved checkpoints: its model files use relative imports
+only. `from modeling_mobileclip import MobileCLIPModel, MobileCLIPConfig, MobileCLIPProcessor, VARIANTS`.
+"""
+
+from .configuration_mobileclip import (
+    DEV_VARIANTS,
+    VARIANTS,
+    MobileCLIPConfig,
+    MobileCLIPTextConfig,
+    MobileCLIPVisionConfig,
+)
+from .modeling_mobileclip import MobileCLIPModel, MobileCLIPOutput, MobileCLIPPreTrainedModel
+
+__all__ = [
+    "DEV_VARIANTS",
+    "VARIANTS",
+    "MobileCLIPConfig",
+    "MobileCLIPTextConfig",
+    "MobileCLIPVisionConfig",
+    "MobileCLIPModel",
+    "MobileCLIPOutput",
+    "MobileCLIPPreTrainedModel",
+]

@@ -1,0 +1,303 @@
+"""MobileCLIP / MobileCLIP2 configuration.
+
+Variants are data: :data:`VARIANTS` maps each published model name to the settings of its image tower (a timm
+backbone), its text tower and its preprocessing. Facts come from Apple's `mobileclip/configs/*.json`,
+`mobileclip2/model_configs/*.json` and open_clip's `MobileCLIP*.json` (see the project README).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+NO_NORMALIZATION_MEAN = (0.0, 0.0, 0.0)
+NO_NORMALIZATION_STD = (1.0, 1.0, 1.0)
+
+TIMM_BACKBONES = (
+    "fastvit_mci0",
+    "fastvit_mci1",
+    "fastvit_mci2",
+    "fastvit_mci3",
+    "fastvit_mci4",
+    "vit_base_mci_224",
+    "vit_large_patch14_clip_224",
+)
+
+
+@strict
+class MobileCLIPTextConfig(PreTrainedConfig):
+    r"""Configuration of a MobileCLIP text tower.
+
+    Three families share this config: the 12-layer "Base" (width 512) and "Large" (width 768) transformers, and
+    MobileCLIP-S0's "MCt" (`num_repmixer_blocks=2`: a convolutional RepMixer block before and after
+    `num_hidden_layers` attention layers).
+
+    Args:
+        vocab_size: Size of the CLIP BPE vocabulary.
+        hidden_size: Width of the token representations.
+        intermediate_size: Hidden width of the feed-forward blocks.
+        num_hidden_layers: Number of self-attention layers.
+        num_attention_heads: Attention heads per layer.
+        max_position_embeddings: Context length (77 for every released model).
+        projection_dim: Size of the joint image-text embedding.
+        causal: Apply a causal attention mask (MobileCLIP-B and MobileCLIP2-B only). All other towers attend
+            bidirectionally **without** a padding mask, so padding tokens affect the output.
+        num_repmixer_blocks: 0 for Base/Large, 2 for MCt.
+        repmixer_kernel_size: Length of the depthwise (1, k) convolutions of the RepMixer blocks.
+        repmixer_mlp_ratio: Expansion of the RepMixer blocks' convolutional feed-forward.
+        layer_scale_init_value: Initial value of the RepMixer layer scales.
+        layer_norm_eps: LayerNorm epsilon.
+        hidden_act: Feed-forward activation (exact GELU).
+        attention_dropout: Dropout on attention probabilities.
+        reparameterized: Whether the RepMixer blocks are stored in their fused (inference) form.
+        initializer_range: Standard deviation used by `_init_weights` for generic layers.
+    """
+
+    model_type = "mobileclip_text_model"
+    base_config_key = "text_config"
+
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    projection_dim: int = 512
+    causal: bool = False
+    num_repmixer_blocks: int = 0
+    repmixer_kernel_size: int = 11
+    repmixer_mlp_ratio: float = 4.0
+    layer_scale_init_value: float = 1e-5
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "gelu"
+    attention_dropout: float = 0.0
+    reparameterized: bool = False
+    initializer_range: float = 0.02
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 49406
+    eos_token_id: int | list[int] | None = 49407
+
+    def validate_architecture(self):
+        """Checks the sizes that the modules rely on."""
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+        if self.num_repmixer_blocks not in (0, 2):
+            raise ValueError(
+                f"num_repmixer_blocks must be 0 (Base/Large) or 2 (MCt), got {self.num_repmixer_blocks}."
+            )
+        if self.repmixer_kernel_size % 2 != 1:
+            raise ValueError(f"repmixer_kernel_size must be odd, got {self.repmixer_kernel_size}.")
+
+
+@strict
+class MobileCLIPVisionConfig(PreTrainedConfig):
+    r"""Configuration of a MobileCLIP image tower: a timm backbone whose classifier is the CLIP projection.
+
+    Args:
+        backbone: timm architecture, one of `fastvit_mci0..4`, `vit_base_mci_224`, `vit_large_patch14_clip_224`.
+        image_size: Square input resolution.
+        projection_dim: Size of the joint embedding (the timm `num_classes`).
+        apple_vit_stem: Reproduce Apple's v1 MobileCLIP-B image tower: first stem conv padding 1 and LayerNorm
+            eps 1e-5, where timm / open_clip (and MobileCLIP2-B) use padding 0 and eps 1e-6. Only for
+            `vit_base_mci_224`.
+        drop_path_rate: Stochastic depth rate used in training.
+        reparameterized: Whether the FastViT branches are stored fused (timm `inference_mode`).
+        backbone_kwargs: Extra keyword arguments for `timm.create_model` (tiny test models, ablations).
+        initializer_range: Unused by timm layers (timm initialises them); kept for `PreTrainedModel`.
+    """
+
+    model_type = "mobileclip_vision_model"
+    base_config_key = "vision_config"
+
+    backbone: str = "fastvit_mci0"
+    image_size: int = 256
+    projection_dim: int = 512
+    apple_vit_stem: bool = False
+    drop_path_rate: float = 0.0
+    reparameterized: bool = False
+    backbone_kwargs: dict | None = None
+    initializer_range: float = 0.02
+
+    def validate_architecture(self):
+        """Checks the backbone choice and the ViT-stem switch."""
+        if self.backbone not in TIMM_BACKBONES:
+            raise ValueError(f"backbone must be one of {list(TIMM_BACKBONES)}, got {self.backbone!r}.")
+        if self.apple_vit_stem and self.backbone != "vit_base_mci_224":
+            raise ValueError(f"apple_vit_stem only applies to vit_base_mci_224, got backbone {self.backbone!r}.")
+
+    @property
+    def is_fastvit(self) -> bool:
+        return self.backbone.startswith("fastvit")
+
+
+@strict
+class MobileCLIPConfig(PreTrainedConfig):
+    r"""Configuration of a [`MobileCLIPModel`]: an image tower, a text tower and a learned logit scale.
+
+    Build a published variant with `MobileCLIPConfig.from_variant("mobileclip-s2")`; the list is
+    `modeling_mobileclip.VARIANTS`.
+
+    Args:
+        text_config: [`MobileCLIPTextConfig`] or its dict.
+        vision_config: [`MobileCLIPVisionConfig`] or its dict.
+        projection_dim: Joint embedding size (must equal both towers' `projection_dim`).
+        logit_scale_init_value: Initial `logit_scale` (log of the inverse temperature), ln(1/0.07).
+        logit_scale_max: Upper bound of `exp(logit_scale)` (100 in Apple's and open_clip's code).
+        variant: Name of the published variant this config was built from, if any.
+        image_size / resample / image_mean / image_std: Preprocessing of the official transform (shortest-side
+            resize then center crop); `resample` is "bilinear" or "bicubic".
+
+    Example:
+
+    ```python
+    >>> from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
+    >>> config = MobileCLIPConfig.from_variant("mobileclip-s0")
+    >>> model = MobileCLIPModel(config)
+    ```
+    """
+
+    model_type = "mobileclip"
+    sub_configs_defaults = {"text_config": MobileCLIPTextConfig, "vision_config": MobileCLIPVisionConfig}
+
+    text_config: dict | MobileCLIPTextConfig | None = None
+    vision_config: dict | MobileCLIPVisionConfig | None = None
+    projection_dim: int = 512
+    logit_scale_init_value: float = math.log(1 / 0.07)
+    logit_scale_max: float = 100.0
+    variant: str | None = None
+    resample: str = "bilinear"
+    image_mean: list | tuple = NO_NORMALIZATION_MEAN
+    image_std: list | tuple = NO_NORMALIZATION_STD
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.text_config is None:
+            self.text_config = MobileCLIPTextConfig()
+        elif isinstance(self.text_config, dict):
+            self.text_config = MobileCLIPTextConfig(**self.text_config)
+        if self.vision_config is None:
+            self.vision_config = MobileCLIPVisionConfig()
+        elif isinstance(self.vision_config, dict):
+            self.vision_config = MobileCLIPVisionConfig(**self.vision_config)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Both towers must project into the same joint space."""
+        for name, sub in (("text_config", self.text_config), ("vision_config", self.vision_config)):
+            if sub.projection_dim != self.projection_dim:
+                raise ValueError(
+                    f"{name}.projection_dim ({sub.projection_dim}) must equal projection_dim ({self.projection_dim})."
+                )
+        if self.resample not in ("bilinear", "bicubic"):
+            raise ValueError(f"resample must be 'bilinear' or 'bicubic', got {self.resample!r}.")
+
+    @property
+    def image_size(self) -> int:
+        return self.vision_config.image_size
+
+    @property
+    def reparameterized(self) -> bool:
+        return self.vision_config.reparameterized and self.text_config.reparameterized
+
+    @classmethod
+    def from_variant(cls, name: str, **overrides: Any) -> "MobileCLIPConfig":
+        """Builds the configuration of a published variant, e.g. `"mobileclip-s0"` or `"mobileclip2-l-14"`.
+
+        `overrides` replace top-level fields; `text_config` / `vision_config` dicts are merged into the preset.
+        """
+        preset = variant_preset(name)
+        for key in ("text_config", "vision_config"):
+            if key in overrides:
+                preset[key].update(overrides.pop(key))
+        preset.update(overrides)
+        return cls(**preset)
+
+
+_BASE_TEXT = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
+_LARGE_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+# MCt: RepMixer block, 4 attention layers, RepMixer block (Apple `mobileclip/text_encoder.py`).
+_MCT_TEXT = dict(_BASE_TEXT, num_hidden_layers=4, num_repmixer_blocks=2)
+
+_NO_NORM = dict(resample="bilinear", image_mean=NO_NORMALIZATION_MEAN, image_std=NO_NORMALIZATION_STD)
+_OPENAI_BILINEAR = dict(resample="bilinear", image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+_OPENAI_BICUBIC = dict(resample="bicubic", image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+
+
+def _variant(backbone, image_size, text, embed_dim=512, causal=False, preprocess=_NO_NORM, **vision):
+    return dict(
+        projection_dim=embed_dim,
+        text_config=dict(text, projection_dim=embed_dim, causal=causal),
+        vision_config=dict(backbone=backbone, image_size=image_size, projection_dim=embed_dim, **vision),
+        **preprocess,
+    )
+
+
+# Name -> preset. v1 S3/S4/L-14 were released with MobileCLIP2 (DataCompDR-1B) and share its architectures and
+# preprocessing (OpenAI mean/std; bicubic for L-14). v1 B follows Apple's ViT stem, MobileCLIP2-B timm's
+# (open_clip `MobileCLIP-B` / timm `vit_base_mci_224` also use timm's: see README "MobileCLIP-B stems").
+VARIANTS: dict[str, dict] = {
+    "mobileclip-s0": _variant("fastvit_mci0", 256, _MCT_TEXT),
+    "mobileclip-s1": _variant("fastvit_mci1", 256, _BASE_TEXT),
+    "mobileclip-s2": _variant("fastvit_mci2", 256, _BASE_TEXT),
+    "mobileclip-b": _variant("vit_base_mci_224", 224, _BASE_TEXT, causal=True, apple_vit_stem=True),
+    "mobileclip-s3": _variant("fastvit_mci3", 256, _LARGE_TEXT, 768, preprocess=_OPENAI_BILINEAR),
+    "mobileclip-s4": _variant("fastvit_mci4", 256, _LARGE_TEXT, 768, preprocess=_OPENAI_BILINEAR),
+    "mobileclip-l-14": _variant("vit_large_patch14_clip_224", 224, _LARGE_TEXT, 768, preprocess=_OPENAI_BICUBIC),
+    "mobileclip2-s0": _variant("fastvit_mci0", 256, _BASE_TEXT),
+    "mobileclip2-s2": _variant("fastvit_mci2", 256, _BASE_TEXT),
+    "mobileclip2-b": _variant("vit_base_mci_224", 224, _BASE_TEXT, causal=True),
+    "mobileclip2-s3": _variant("fastvit_mci3", 256, _LARGE_TEXT, 768, preprocess=_OPENAI_BILINEAR),
+    "mobileclip2-s4": _variant("fastvit_mci4", 256, _LARGE_TEXT, 768, preprocess=_OPENAI_BILINEAR),
+    "mobileclip2-l-14": _variant(
+        "vit_large_patch14_clip_224", 224, _LARGE_TEXT, 768, preprocess=_OPENAI_BICUBIC, drop_path_rate=0.1
+    ),
+}
+
+
+# Not published models: tiny towers with every block type (RepMixer, attention stage, MCt RepMixer text blocks)
+# for tests, CPU demos and smoke runs. Selectable by name but not listed in VARIANTS.
+DEV_VARIANTS: dict[str, dict] = {
+    "mobileclip-tiny": _variant(
+        "fastvit_mci0",
+        64,
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_repmixer_blocks=2),
+        embed_dim=32,
+        backbone_kwargs=dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 64, 64)),
+    ),
+}
+
+
+def variant_preset(name: str) -> dict:
+    """Returns a deep copy of the preset of a published (or dev) variant; unknown names list the valid ones."""
+    key = name.lower().replace("_", "-")
+    presets = {**VARIANTS, **DEV_VARIANTS}
+    if key not in presets:
+        raise ValueError(
+            f"Unknown MobileCLIP variant {name!r}. Valid variants: {', '.join(VARIANTS)} "
+            f"(and for tests: {', '.join(DEV_VARIANTS)})."
+        )
+    preset = copy.deepcopy(presets[key])
+    preset["variant"] = key
+    return preset
+
+
+__all__ = [
+    "MobileCLIPConfig",
+    "MobileCLIPTextConfig",
+    "MobileCLIPVisionConfig",
+    "VARIANTS",
+    "DEV_VARIANTS",
+    "variant_preset",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+]
