@@ -255,7 +255,9 @@ def save_model_folder(model: MobileCLIPModel, output_dir: str | Path, processor=
     if processor is None:
         from .processing_mobileclip import MobileCLIPProcessor
 
-        processor = MobileCLIPProcessor.from_config(model.config)
+        if not model.config.variant:
+            raise ValueError("The model config names no variant: pass the processor to save explicitly.")
+        processor = MobileCLIPProcessor.from_variant(model.config.variant)
     processor.save_pretrained(output_dir)
     return output_dir
 

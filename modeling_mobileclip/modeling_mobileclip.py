@@ -6,7 +6,6 @@ MCt (a convolutional RepMixer block before and after four attention layers), wit
 Every train-time multi-branch block knows how to fuse itself (`reparameterize()`), as in timm's `fastvit.py`.
 """
 
-from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -393,6 +392,7 @@ class MobileCLIPPreTrainedModel(PreTrainedModel):
     """Base class: weight initialisation, gradient-checkpointing and attention-backend flags."""
 
     config: MobileCLIPConfig
+    config_class = MobileCLIPConfig
     base_model_prefix = "mobileclip"
     input_modalities = ("image", "text")
     main_input_name = "input_ids"
@@ -473,6 +473,12 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
         # Saved folders must load with AutoModel and the zero-shot pipeline from the copied code files.
         config.auto_map = {**(getattr(config, "auto_map", None) or {}), **AUTO_MAP}
         self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.token_embedding = value
 
     def get_text_features(self, input_ids: torch.LongTensor, **kwargs) -> BaseModelOutputWithPooling:
         """Runs the text tower; `pooler_output` is the projected (unnormalised) text embedding."""
