@@ -5,21 +5,12 @@ import sys
 import torch
 from torch import nn
 
+from evaluation.model_zoo import randomize_statistics_
 
-@torch.no_grad()
+
 def perturb_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Randomises BatchNorm statistics/affine and layer scales so every residual branch and eps matters."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
-            module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
-            module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-    for name, param in model.named_parameters():
-        if "layer_scale" in name or name.endswith("gamma"):
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
-    return model
+    return randomize_statistics_(model, seed)
 
 
 def max_relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
