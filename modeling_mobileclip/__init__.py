@@ -12,6 +12,13 @@ from .configuration_mobileclip import (
     MobileCLIPVisionConfig,
 )
 from .modeling_mobileclip import MobileCLIPModel, MobileCLIPOutput, MobileCLIPPreTrainedModel
+from .processing_mobileclip import (
+    CONTEXT_LENGTH,
+    MobileCLIPImageProcessor,
+    MobileCLIPProcessor,
+    MobileCLIPTokenizer,
+    clean_caption,
+)
 
 __all__ = [
     "DEV_VARIANTS",
@@ -22,4 +29,9 @@ __all__ = [
     "MobileCLIPModel",
     "MobileCLIPOutput",
     "MobileCLIPPreTrainedModel",
+    "CONTEXT_LENGTH",
+    "MobileCLIPImageProcessor",
+    "MobileCLIPProcessor",
+    "MobileCLIPTokenizer",
+    "clean_caption",
 ]

@@ -20,7 +20,7 @@ from pathlib import Path
 import ftfy
 import numpy as np
 import regex
-from tokenizers import Regex, pre_tokenizers
+from tokenizers import Regex, decoders, pre_tokenizers
 from transformers import BatchFeature, CLIPTokenizer, ProcessorMixin
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import PILImageResampling
@@ -169,6 +169,11 @@ class MobileCLIPTokenizer(CLIPTokenizer):
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
+        # CLIPTokenizer turns "</w>" into spaces by wrapping `decode` in Python, which pickling loses; a backend
+        # decoder also survives pickling (DataLoader workers, datasets.map) and saving.
+        self._tokenizer.decoder = decoders.Sequence(
+            [decoders.ByteLevel(), decoders.Replace("</w>", " "), decoders.Strip(" ", 0, 1)]
+        )
         if self._tokenizer.token_to_id(str(pad_token)) is None:
             raise ValueError(f"pad_token {pad_token!r} is not in the vocabulary; MobileCLIP pads with {PAD_TOKEN!r}.")
         self.pad_token = pad_token
@@ -209,18 +214,15 @@ class MobileCLIPTokenizer(CLIPTokenizer):
         if text_pair is not None:
             raise ValueError("MobileCLIPTokenizer encodes single captions; text pairs (text_pair) are not supported.")
         if is_split_into_words:
-            text = _map_words(text, _prepare_caption)
-        elif isinstance(text, str):
+            raise ValueError(
+                "MobileCLIPTokenizer cleans and splits raw captions itself, like open_clip; pre-tokenized input "
+                "(is_split_into_words=True) is not supported."
+            )
+        if isinstance(text, str):
             text = _prepare_caption(text)
         elif isinstance(text, (list, tuple)):
             text = [_prepare_caption(caption) if isinstance(caption, str) else caption for caption in text]
-        return super()._encode_plus(text, is_split_into_words=is_split_into_words, **kwargs)
-
-
-def _map_words(words, function):
-    if isinstance(words, str):
-        return function(words)
-    return [_map_words(item, function) for item in words]
+        return super()._encode_plus(text, **kwargs)
 
 
 class MobileCLIPImageProcessor(PilBackend):
@@ -303,12 +305,14 @@ class MobileCLIPProcessor(ProcessorMixin):
     ```python
     >>> from modeling_mobileclip import MobileCLIPProcessor
     >>> processor = MobileCLIPProcessor.from_variant("mobileclip-s0")
-    >>> batch = processor(text=["a dog", "a cat"], images=[image], return_tensors="pt")
+    >>> from PIL import Image
+    >>> batch = processor(text=["a dog", "a cat"], images=[Image.new("RGB", (640, 480))], return_tensors="pt")
     >>> batch["input_ids"].shape, batch["pixel_values"].shape
     (torch.Size([2, 77]), torch.Size([1, 3, 256, 256]))
     ```
     """
 
+    # transformers finds the sub-processors from these parameter names.
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
 
