@@ -310,6 +310,67 @@ class MobileCLIPTextRepMixerBlock(GradientCheckpointingLayer):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# FastViT folds beyond timm's reparameterize()
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _scaled_linear(layer: nn.Module, scale: torch.Tensor, fold_values: bool) -> None:
+    """Multiplies the output channels of a Linear/Conv (and its bias) by `scale`, in place."""
+    if fold_values:
+        layer.weight.mul_(scale.reshape(-1, *([1] * (layer.weight.dim() - 1))))
+        if layer.bias is not None:
+            layer.bias.mul_(scale)
+
+
+@torch.no_grad()
+def fold_fastvit_affines_(backbone: nn.Module, fold_values: bool = True) -> nn.Module:
+    """Folds the per-channel affine ops that timm's fused FastViT still runs, exactly (eval-mode math):
+
+    - the BatchNorm after each ConvMlp's depthwise 7x7 conv (into that conv, which gains a bias);
+    - every block's layer scales (into the last linear op of the branch they scale: `mlp.fc2`, attention `proj`);
+    - the BatchNorm in front of each BatchNorm-normed attention block (into `qkv`, which gains a bias).
+
+    Each removes one memory-bound pass over the activations. `fold_values=False` only rebuilds the structure (to load
+    weights saved after folding).
+    """
+    from timm.models.fastvit import AttentionBlock, ConvMlp, LayerScale2d, RepMixerBlock
+
+    for module in list(backbone.modules()):
+        if isinstance(module, ConvMlp) and hasattr(module.conv, "bn"):
+            conv = module.conv.conv
+            fused = nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                groups=conv.groups, bias=True,
+            ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+            if fold_values:
+                kernel, bias = fold_batchnorm(conv.weight, module.conv.bn)
+                fused.weight.copy_(kernel)
+                fused.bias.copy_(bias)
+            module.conv = fused
+        if isinstance(module, RepMixerBlock) and isinstance(module.layer_scale, LayerScale2d):
+            _scaled_linear(module.mlp.fc2, module.layer_scale.gamma.reshape(-1), fold_values)
+            module.layer_scale = nn.Identity()
+        if isinstance(module, AttentionBlock):
+            if isinstance(module.layer_scale_2, LayerScale2d):
+                _scaled_linear(module.mlp.fc2, module.layer_scale_2.gamma.reshape(-1), fold_values)
+                module.layer_scale_2 = nn.Identity()
+            if isinstance(module.layer_scale_1, LayerScale2d):
+                _scaled_linear(module.token_mixer.proj, module.layer_scale_1.gamma.reshape(-1), fold_values)
+                module.layer_scale_1 = nn.Identity()
+            if isinstance(module.norm, nn.BatchNorm2d):
+                qkv = module.token_mixer.qkv
+                fused = nn.Linear(qkv.in_features, qkv.out_features, bias=True).to(qkv.weight.device, qkv.weight.dtype)
+                if fold_values:
+                    # qkv(a * x + b) = (W * a) x + (W b + c), with a, b the norm's per-channel scale and shift.
+                    scale, shift = fold_batchnorm(torch.ones_like(module.norm.weight), module.norm)
+                    fused.weight.copy_(qkv.weight * scale)
+                    fused.bias.copy_(qkv.weight @ shift + (qkv.bias if qkv.bias is not None else 0))
+                module.token_mixer.qkv = fused
+                module.norm = nn.Identity()
+    return backbone
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Towers
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -372,6 +433,8 @@ class MobileCLIPVisionTower(nn.Module):
         if config.apple_vit_stem:
             # Apple's ViT-B/16 stem pads its first 4x4 conv by int((4 - 1) / 2) = 1; timm uses 0.
             self.backbone.patch_embed.backbone[0].conv.padding = (1, 1)
+        if config.is_fastvit and config.reparameterized:
+            fold_fastvit_affines_(self.backbone, fold_values=False)
         # timm initialises its own layers; keep transformers' generic `_init_weights` off them.
         for module in self.backbone.modules():
             module._is_hf_initialized = True
@@ -539,13 +602,16 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
     def reparameterize(self) -> "MobileCLIPModel":
         """Fuses every train-time branch in place (eval-mode math), records it in the config, returns `self`.
 
-        FastViT blocks fuse through timm's own `reparameterize()` methods; the text RepMixer blocks through ours.
+        FastViT blocks fuse through timm's own `reparameterize()` methods, then `fold_fastvit_affines_` folds the
+        BatchNorms and layer scales timm leaves in place; the text RepMixer blocks fuse through ours.
         Outputs in eval mode are unchanged up to float rounding; BatchNorm statistics are consumed, so fuse only
         for inference or export.
         """
         from timm.utils import reparameterize_model
 
         reparameterize_model(self.vision_model.backbone, inplace=True)
+        if self.config.vision_config.is_fastvit:
+            fold_fastvit_affines_(self.vision_model.backbone)
         for module in list(self.text_model.modules()):
             if isinstance(module, (MobileCLIPTextRepMixer, MobileCLIPTextConvFFN)):
                 module.reparameterize()
