@@ -36,20 +36,25 @@ OPEN_CLIP_NAMES = {
 }
 
 
-def timed(function, repeats: int, warmup: int, device: str) -> float:
-    """Median seconds per call after warm-up (synchronising CUDA around each call)."""
-    for _ in range(warmup):
-        function()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
+def timed_pair(ours_fn, peer_fn, repeats: int, warmup: int, device: str) -> tuple[float, float]:
+    """Median seconds per call of two functions, timed alternately so that load changes hit both equally."""
+
+    def once(function) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         function()
         if device == "cuda":
             torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        ours_fn(), peer_fn()
+    ours, peer = [], []
+    for _ in range(repeats):
+        ours.append(once(ours_fn))
+        peer.append(once(peer_fn))
+    return statistics.median(ours), statistics.median(peer)
 
 
 def build_pair(variant: str, workdir: Path, device: torch.device):
@@ -115,8 +120,9 @@ def main(argv=None):
                     ("image", ours.encode_image, peer_image, images),
                     ("text", ours.encode_text, peer_text, tokens),
                 ):
-                    ours_s = timed(lambda: ours_fn(inputs), args.repeats, args.warmup, args.device)
-                    peer_s = timed(lambda: peer_fn(inputs), args.repeats, args.warmup, args.device)
+                    ours_s, peer_s = timed_pair(
+                        lambda: ours_fn(inputs), lambda: peer_fn(inputs), args.repeats, args.warmup, args.device
+                    )
                     print(
                         f"{variant:<16}{encoder:>8}{batch:>6}{batch / ours_s:>14.1f}{batch / peer_s:>14.1f}"
                         f"{peer_s / ours_s:>7.2f}x  {peer_name}"

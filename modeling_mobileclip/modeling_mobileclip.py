@@ -392,19 +392,27 @@ class MobileCLIPTextTransformer(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.LongTensor, **kwargs) -> BaseModelOutputWithPooling:
+    def forward(self, input_ids: torch.LongTensor, pooled_only: bool = False, **kwargs) -> BaseModelOutputWithPooling:
+        """Encodes `input_ids` (batch, length <= 77).
+
+        With `pooled_only=True` a causal tower skips the positions after the batch's last EOT, which cannot influence
+        the pooled output (about 4x less work for typical 77-token padded captions); `last_hidden_state` then covers
+        only the kept positions.
+        """
         if input_ids.shape[-1] > self.config.max_position_embeddings:
             raise ValueError(
                 f"input_ids has {input_ids.shape[-1]} tokens, more than max_position_embeddings "
                 f"({self.config.max_position_embeddings}); tokenize with truncation to {self.config.max_position_embeddings}."
             )
+        eot_index = input_ids.argmax(dim=-1)
+        if pooled_only and self.config.causal and not self.config.num_repmixer_blocks:
+            input_ids = input_ids[:, : int(eot_index.max()) + 1]
         hidden_states = self.token_embedding(input_ids) + self.position_embedding[: input_ids.shape[-1]]
         # No padding mask on purpose: the official bidirectional towers attend to pad tokens (id 0), and the causal
         # towers never see tokens after EOT; a mask would change the embeddings of released checkpoints.
         for layer in self.layers:
             hidden_states = layer(hidden_states, None, **kwargs)
         hidden_states = self.final_layer_norm(hidden_states)
-        eot_index = input_ids.argmax(dim=-1)
         pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), eot_index]
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled)
 
@@ -543,9 +551,11 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_model.token_embedding = value
 
-    def get_text_features(self, input_ids: torch.LongTensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_text_features(
+        self, input_ids: torch.LongTensor, pooled_only: bool = False, **kwargs
+    ) -> BaseModelOutputWithPooling:
         """Runs the text tower; `pooler_output` is the projected (unnormalised) text embedding."""
-        outputs = self.text_model(input_ids)
+        outputs = self.text_model(input_ids, pooled_only=pooled_only)
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
 
@@ -555,7 +565,7 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
 
     def encode_text(self, input_ids: torch.LongTensor, normalize: bool = False) -> torch.Tensor:
         """Projected text embeddings as a tensor (open_clip interface)."""
-        embeds = self.get_text_features(input_ids).pooler_output
+        embeds = self.get_text_features(input_ids, pooled_only=True).pooler_output
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def encode_image(self, pixel_values: torch.FloatTensor, normalize: bool = False) -> torch.Tensor:

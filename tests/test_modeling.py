@@ -85,6 +85,9 @@ def test_text_pooling_uses_first_eot_and_pads_matter_only_without_causal_mask(ti
         causal = MobileCLIPConfig.from_variant("mobileclip-tiny", text_config=dict(causal=True, num_repmixer_blocks=0))
         causal_model = MobileCLIPModel(causal).eval()
         torch.testing.assert_close(causal_model.encode_text(input_ids), causal_model.encode_text(other_pad))
+        # encode_text skips the positions after the last EOT in causal towers: same result as the full pass.
+        full = causal_model.get_text_features(input_ids).pooler_output
+        torch.testing.assert_close(causal_model.encode_text(input_ids), full, atol=1e-6, rtol=1e-5)
 
 
 def test_eager_and_sdpa_attention_agree(tiny_config):
