@@ -1,0 +1,152 @@
+"""Synthetic-caption generators for reinforcement, selected by spec strings.
+
+Specs:
+    open_clip:ARCH:TAG   an open_clip CoCa model, e.g. `open_clip:coca_ViT-L-14:mscoco_finetuned_laion2b_s13b_b90k`
+                         (`none` as TAG = random weights, for tests)
+    hf:PATH_OR_ID        a transformers image-to-text model (BLIP, GIT, VisionEncoderDecoder, ...)
+    none                 no captioner (K = 0)
+
+Captioning follows the paper and Apple's generator: nucleus sampling (top-p 0.9), keep the first sentence. The
+sampling RNG is seeded per batch, so captions are reproducible for a given seed and batch composition.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from .teachers import autocast_context, create_open_clip_model, parse_model_spec, seeded_by_spec
+
+
+DEFAULT_TOP_P = 0.9
+DEFAULT_MAX_TOKENS = 30
+DEFAULT_MIN_TOKENS = 5
+
+
+def first_sentence(text: str) -> str:
+    """The text up to the first period (Apple's generator keeps only that), stripped; the whole text if empty."""
+    sentence = text.split(".")[0].strip()
+    return sentence or text.strip()
+
+
+class Captioner:
+    """Interface: `prepare_image` runs in data-loading workers (picklable); `generate` on the device."""
+
+    spec: str
+    prepare_image: Callable[[Image.Image], torch.Tensor]
+
+    def generate(self, pixel_values: torch.Tensor, num_captions: int, seed: int) -> list[list[str]]:
+        """`num_captions` captions for each image of the batch."""
+        raise NotImplementedError
+
+
+class OpenCLIPCoCaCaptioner(Captioner):
+    """open_clip CoCa with our own nucleus-sampling loop (open_clip's `generate` breaks on transformers 5)."""
+
+    def __init__(self, spec, device: torch.device, dtype: torch.dtype, top_p: float = DEFAULT_TOP_P,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, min_tokens: int = DEFAULT_MIN_TOKENS):
+        import open_clip
+
+        self.spec, self.device, self.dtype = spec.raw, device, dtype
+        model, preprocess = create_open_clip_model(spec, device, role="captioner")
+        if not hasattr(model, "text_decoder"):
+            raise ValueError(f"Captioner {spec.raw!r} is not a CoCa model (it has no text decoder).")
+        self.model, self.prepare_image = model, preprocess
+        self.top_p, self.max_tokens, self.min_tokens = top_p, max_tokens, min_tokens
+        self._decode = open_clip.decode
+
+    @torch.inference_mode()
+    def generate(self, pixel_values, num_captions, seed):
+        from transformers import TopPLogitsWarper
+
+        start_id, end_id, pad_id = 49406, 49407, 0  # open_clip's <start_of_text>, <end_of_text>, padding
+        images = pixel_values.to(self.device).repeat_interleave(num_captions, dim=0)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        warper = TopPLogitsWarper(self.top_p)
+        with autocast_context(self.device, self.dtype):
+            encoded = self.model(images)
+            tokens = torch.full((images.shape[0], 1), start_id, dtype=torch.long, device=self.device)
+            finished = torch.zeros(images.shape[0], dtype=torch.bool, device=self.device)
+            for step in range(self.max_tokens - 1):
+                logits = self.model(images, tokens, image_latent=encoded["image_features"],
+                                    image_embs=encoded["image_embs"], output_labels=False)["logits"][:, -1].float()
+                if step < self.min_tokens:
+                    logits[:, end_id] = -float("inf")
+                # A non-finite row (reduced-precision overflow) must not abort the run: end that caption.
+                broken = logits.isnan().any(dim=-1) | logits.isposinf().any(dim=-1) | logits.isneginf().all(dim=-1)
+                logits[broken] = -float("inf")
+                logits[broken, end_id] = 0.0
+                probs = warper(tokens, logits).softmax(dim=-1)
+                next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
+                tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+                finished |= next_token == end_id
+                if finished.all():
+                    break
+        texts = [
+            first_sentence(self._decode(row).split("<end_of_text>")[0].replace("<start_of_text>", ""))
+            for row in tokens.cpu()
+        ]
+        return [texts[i: i + num_captions] for i in range(0, len(texts), num_captions)]
+
+
+class _HFImagePreparer:
+    """Picklable wrapper running a transformers image processor on one PIL image."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+class HFCaptioner(Captioner):
+    """A transformers image-to-text model (`AutoModelForImageTextToText`) sampled with `generate(do_sample=True)`."""
+
+    def __init__(self, spec, device: torch.device, dtype: torch.dtype, top_p: float = DEFAULT_TOP_P,
+                 max_tokens: int = DEFAULT_MAX_TOKENS):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.spec, self.device, self.dtype = spec.raw, device, dtype
+        try:
+            self.model = AutoModelForImageTextToText.from_pretrained(spec.name, trust_remote_code=True)
+            self.processor = AutoProcessor.from_pretrained(spec.name, trust_remote_code=True)
+        except Exception as error:
+            raise ValueError(f"Cannot load captioner {spec.raw!r} with transformers: {error}") from error
+        self.model = self.model.to(device).eval()
+        self.prepare_image = _HFImagePreparer(self.processor.image_processor)
+        self.top_p, self.max_tokens = top_p, max_tokens
+
+    @torch.inference_mode()
+    def generate(self, pixel_values, num_captions, seed):
+        # transformers' sampling draws from torch's global RNG: seed it for reproducible captions.
+        torch.manual_seed(seed)
+        with autocast_context(self.device, self.dtype):
+            output = self.model.generate(
+                pixel_values=pixel_values.to(self.device), do_sample=True, top_p=self.top_p, top_k=0,
+                max_new_tokens=self.max_tokens, num_return_sequences=num_captions,
+            )
+        texts = [first_sentence(t) for t in self.processor.batch_decode(output, skip_special_tokens=True)]
+        return [texts[i: i + num_captions] for i in range(0, len(texts), num_captions)]
+
+
+def load_captioner(spec: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Captioner | None:
+    """Build the captioner for a spec; `none` gives None (no synthetic captions)."""
+    if spec.strip().lower() == "none":
+        return None
+    parsed = parse_model_spec(spec, role="captioner")
+    cls = OpenCLIPCoCaCaptioner if parsed.kind == "open_clip" else HFCaptioner
+    with seeded_by_spec(spec):
+        return cls(parsed, device, dtype)
+
+
+def check_captioner_spec(spec: str) -> None:
+    """Validate a captioner spec without loading anything."""
+    if spec.strip().lower() != "none":
+        parse_model_spec(spec, role="captioner")
+
+
+__all__ = ["Captioner", "HFCaptioner", "OpenCLIPCoCaCaptioner", "check_captioner_spec", "first_sentence",
+           "load_captioner"]

@@ -1,0 +1,271 @@
+"""Training view of a reinforced dataset: replay one stored augmentation, pick captions, return teacher targets.
+
+Usage (map-style or streaming, any number of DataLoader workers):
+
+    from dataset_scripts.training_view import ReinforcedTrainingView, collate_reinforced, load_reinforced_dataset
+
+    dataset, metadata = load_reinforced_dataset("DIR_OR_REPO", split="train", streaming=False)
+    view = ReinforcedTrainingView.from_model_config(model.config, tokenizer, metadata, seed=0)
+    train_set = view.wrap(dataset)                 # torch Dataset (map-style) or IterableDataset (streaming)
+    loader = DataLoader(train_set, batch_size=256, shuffle=True, num_workers=8, collate_fn=collate_reinforced)
+    for epoch in range(epochs):
+        train_set.set_epoch(epoch)                 # new augmentation/caption draws (and stream shuffle) per epoch
+        for batch in loader: ...
+
+Per sample and epoch, one stored augmentation is drawn uniformly and replayed at the student's size, and one
+synthetic caption is drawn uniformly (the paper's recipe, arXiv 2311.17049 §3: the same augmented image is used
+with the ground-truth caption, batch B_real, and with a synthetic caption, batch B_syn). Draws depend only on
+(seed, epoch, uid), so they do not change with the number of workers or processes.
+
+A batch from `collate_reinforced` holds (B = batch size, L = tokenizer context, D = sum of teacher dims):
+
+    pixel_values   float32 (B, 3, S, S)  replayed view, normalised with the student's mean/std
+    input_ids      int64   (B, L)        ground-truth caption tokens
+    image_emb      float16 (B, D)        teachers' embeddings of the replayed view (image_emb[aug_index])
+    text_emb       float16 (B, D)        teachers' embeddings of the ground-truth caption (text_emb[0])
+    syn_input_ids  int64   (B, L)        synthetic caption tokens                 } only when K > 0 and
+    syn_text_emb   float16 (B, D)        teachers' embeddings of that caption     } synthetic=True
+    aug_index, syn_index  int64 (B,)     which augmentation / synthetic caption was drawn (-1 if none)
+    uid            list[str]
+
+Embeddings stay float16 until the loss; split D per teacher with `metadata.teacher_dims`. With
+`caption_mode="random"`, `input_ids`/`text_emb` hold one caption drawn uniformly among the ground truth and the
+K synthetic ones (open_clip's `--dataset-reinforcement-mix-synthetic` with ratio K/(K+1)) and no `syn_*` keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+from torchvision.transforms import functional as F
+
+from .augmentation import AugmentationParams, apply_augmentation, decode_rgb, sample_seed
+from .dr_format import ReinforcementMetadata, load_reinforcement_metadata
+
+
+def load_reinforced_dataset(path_or_repo: str, split: str = "train", streaming: bool = False):
+    """`(dataset, metadata)` for a reinforced dataset folder or Hub repo (plain `datasets.load_dataset`)."""
+    import datasets
+
+    dataset = datasets.load_dataset(str(path_or_repo), split=split, streaming=streaming)
+    return dataset, load_reinforcement_metadata(path_or_repo)
+
+
+def _array2d_row(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The (rows, D) float16 array of a one-row Array2D (or list<list<float16>>) column, without copying."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(array, pa.ExtensionArray):
+        array = array.storage
+    rows = array.flatten()
+    values = rows.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(rows), -1)
+
+
+def tokenize(tokenizer: Callable[[Sequence[str]], Any], texts: Sequence[str]) -> torch.Tensor:
+    """(len(texts), L) int64 ids from an open_clip-style (tensor) or transformers-style (`input_ids`) tokenizer."""
+    tokens = tokenizer(list(texts))
+    if isinstance(tokens, Mapping):
+        tokens = tokens["input_ids"]
+    return torch.as_tensor(tokens, dtype=torch.long)
+
+
+class _RowAccess:
+    """Uniform access to one sample given as a one-row Arrow table or as a decoded dict."""
+
+    def __init__(self, row: pa.Table | Mapping[str, Any]):
+        self.row = row
+        self.is_table = isinstance(row, pa.Table)
+
+    def scalar(self, name: str) -> Any:
+        return self.row.column(name)[0].as_py() if self.is_table else self.row[name]
+
+    def list_item(self, name: str, index: int) -> Any:
+        if self.is_table:
+            return self.row.column(name)[0].values[index].as_py()
+        return self.row[name][index]
+
+    def list_length(self, name: str) -> int:
+        return len(self.row.column(name)[0].values) if self.is_table else len(self.row[name])
+
+    def embeddings(self, name: str) -> np.ndarray:
+        if self.is_table:
+            return _array2d_row(self.row.column(name))
+        return np.asarray(self.row[name], dtype=np.float16)
+
+    def image(self) -> Image.Image:
+        value = self.scalar("image")
+        if isinstance(value, Image.Image):
+            return value.convert("RGB")
+        if isinstance(value, Mapping):
+            if value.get("bytes"):
+                return decode_rgb(value["bytes"])
+            with Image.open(value["path"]) as image:
+                return image.convert("RGB")
+        return decode_rgb(value)
+
+
+class ReinforcedTrainingView:
+    """Turns one reinforced sample into student inputs and teacher targets (see the module docstring).
+
+    Args:
+        tokenizer: Callable mapping a list of strings to token ids (B, L): an open_clip tokenizer, the
+            MobileCLIP processor's tokenizer, or any callable returning a tensor or a mapping with `input_ids`.
+        image_size: Student input size S; the stored augmentation is replayed at this size.
+        image_mean / image_std: Student normalisation (MobileCLIP: 0 / 1 for most variants).
+        interpolation: Resize filter of the replayed crop ("bilinear" or "bicubic").
+        reference_size: Size the augmentations were recorded at (the card's `augmentation.size`); TranslateX/Y
+            magnitudes are rescaled from it. None replays them unscaled, as Apple's code does.
+        seed: Seed of the per-(epoch, uid) draws.
+        caption_mode: "both" (ground truth + one synthetic caption) or "random" (one of GT and synthetic).
+        synthetic: Return the synthetic caption in "both" mode (forced off when the dataset has K = 0).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Callable[[Sequence[str]], Any],
+        image_size: int = 256,
+        image_mean: Sequence[float] = (0.0, 0.0, 0.0),
+        image_std: Sequence[float] = (1.0, 1.0, 1.0),
+        interpolation: str = "bilinear",
+        reference_size: int | None = 224,
+        seed: int = 0,
+        caption_mode: str = "both",
+        synthetic: bool = True,
+    ):
+        if caption_mode not in ("both", "random"):
+            raise ValueError(f"caption_mode must be 'both' or 'random', got {caption_mode!r}.")
+        self.tokenizer, self.image_size, self.interpolation = tokenizer, int(image_size), interpolation
+        mean = torch.tensor(image_mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(image_std, dtype=torch.float32).view(-1, 1, 1)
+        # (x / 255 - mean) / std folded into one multiply-add.
+        self._pixel_scale, self._pixel_shift = 1.0 / (255.0 * std), -mean / std
+        self.reference_size, self.seed = reference_size, seed
+        self.caption_mode, self.synthetic = caption_mode, synthetic
+        # Shared memory, so set_epoch() reaches persistent DataLoader workers too.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @classmethod
+    def from_model_config(
+        cls, config, tokenizer, metadata: ReinforcementMetadata | None = None, **kwargs
+    ) -> "ReinforcedTrainingView":
+        """Student preprocessing from a MobileCLIPConfig (`image_size`, `resample`, `image_mean`, `image_std`)."""
+        settings = {
+            "image_size": config.image_size,
+            "interpolation": getattr(config, "resample", "bilinear"),
+            "image_mean": tuple(getattr(config, "image_mean", (0.0, 0.0, 0.0))),
+            "image_std": tuple(getattr(config, "image_std", (1.0, 1.0, 1.0))),
+        }
+        if metadata is not None:
+            settings["reference_size"] = metadata.augmentation.size
+            settings["synthetic"] = metadata.num_synthetic_captions > 0
+        return cls(tokenizer, **{**settings, **kwargs})
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def _tokenize(self, texts: list[str]) -> torch.Tensor:
+        return tokenize(self.tokenizer, texts)
+
+    def pixel_values(self, image: Image.Image, params: AugmentationParams) -> torch.Tensor:
+        view = apply_augmentation(image, params, self.image_size, self.interpolation, self.reference_size)
+        return torch.addcmul(self._pixel_shift, F.pil_to_tensor(view).float(), self._pixel_scale)
+
+    def __call__(self, row: pa.Table | Mapping[str, Any]) -> dict[str, Any]:
+        sample = _RowAccess(row)
+        uid = str(sample.scalar("uid"))
+        rng = np.random.default_rng(sample_seed(self.seed, f"{self.epoch}/{uid}"))
+        num_augmentations = sample.list_length("aug_params")
+        num_synthetic = sample.list_length("syn_captions")
+        aug_index = int(rng.integers(num_augmentations))
+        syn_index = int(rng.integers(num_synthetic)) if num_synthetic else -1
+        params = AugmentationParams.from_json(sample.list_item("aug_params", aug_index))
+        image_emb, text_emb = sample.embeddings("image_emb"), sample.embeddings("text_emb")
+        result = {
+            "uid": uid,
+            "pixel_values": self.pixel_values(sample.image(), params),
+            "image_emb": torch.from_numpy(image_emb[aug_index].copy()),
+            "aug_index": aug_index,
+        }
+        caption = sample.scalar("caption")
+        if self.caption_mode == "random":
+            choice = int(rng.integers(1 + num_synthetic))
+            text = caption if choice == 0 else sample.list_item("syn_captions", choice - 1)
+            result.update(input_ids=self._tokenize([text])[0], text_emb=torch.from_numpy(text_emb[choice].copy()),
+                          syn_index=choice - 1)
+            return result
+        if self.synthetic and num_synthetic:
+            tokens = self._tokenize([caption, sample.list_item("syn_captions", syn_index)])
+            result.update(syn_input_ids=tokens[1], syn_text_emb=torch.from_numpy(text_emb[1 + syn_index].copy()))
+        else:
+            tokens, syn_index = self._tokenize([caption]), -1
+        result.update(input_ids=tokens[0], text_emb=torch.from_numpy(text_emb[0].copy()), syn_index=syn_index)
+        return result
+
+    def wrap(self, dataset):
+        """A torch dataset applying this view: map-style for `datasets.Dataset`, iterable for streaming ones."""
+        import datasets
+
+        if isinstance(dataset, datasets.IterableDataset):
+            return ReinforcedIterableDataset(dataset, self)
+        return ReinforcedMapDataset(dataset, self)
+
+
+class ReinforcedMapDataset(torch.utils.data.Dataset):
+    """Map-style training dataset: reads rows as Arrow (float16 kept, images decoded once) and applies the view."""
+
+    def __init__(self, dataset, view: ReinforcedTrainingView):
+        self.rows, self.view = dataset.with_format("arrow"), view
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.view(self.rows[int(index)])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.view.set_epoch(epoch)
+
+
+class ReinforcedIterableDataset(torch.utils.data.IterableDataset):
+    """Streaming training dataset; `datasets` splits the stream's shards across DataLoader workers."""
+
+    def __init__(self, dataset, view: ReinforcedTrainingView):
+        self.rows, self.view = dataset.with_format("arrow"), view
+
+    def __iter__(self):
+        for row in self.rows:
+            yield self.view(row)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.view.set_epoch(epoch)
+        self.rows.set_epoch(epoch)
+
+
+def collate_reinforced(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack per-sample outputs into a batch (uids stay a list; embeddings stay float16)."""
+    batch: dict[str, Any] = {"uid": [s["uid"] for s in samples]}
+    for key in samples[0]:
+        if key == "uid":
+            continue
+        values = [s[key] for s in samples]
+        batch[key] = torch.stack(values) if torch.is_tensor(values[0]) else torch.tensor(values, dtype=torch.long)
+    return batch
+
+
+__all__ = [
+    "ReinforcedIterableDataset",
+    "ReinforcedMapDataset",
+    "ReinforcedTrainingView",
+    "collate_reinforced",
+    "load_reinforced_dataset",
+    "tokenize",
+]

@@ -1,0 +1,188 @@
+"""Training view: replayed student views, caption draws and matching float16 teacher targets."""
+
+import io
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import open_clip  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from dataset_scripts.augmentation import (  # noqa: E402
+    AugmentationConfig,
+    AugmentationParams,
+    apply_augmentation,
+    sample_augmentation,
+)
+from dataset_scripts.dr_format import (  # noqa: E402
+    ReinforcementMetadata,
+    TeacherInfo,
+    shard_filename,
+    write_dataset_card,
+    write_parquet_shard,
+)
+from dataset_scripts.training_view import (  # noqa: E402
+    ReinforcedTrainingView,
+    collate_reinforced,
+    load_reinforced_dataset,
+)
+
+N, K, DIMS = 4, 3, (6, 2)
+
+
+def build_dataset(root, num_synthetic=K, rows_per_shard=(5, 4)):
+    """Embeddings encode their own position: image_emb[a] = sample + a/10, text_emb[t] = -(sample + t/10)."""
+    metadata = ReinforcementMetadata(
+        teachers=[TeacherInfo("open_clip:a:none", DIMS[0]), TeacherInfo("hf:b", DIMS[1])], num_augmentations=N,
+        num_synthetic_captions=num_synthetic, augmentation=AugmentationConfig(size=224), seed=0,
+    )
+    index = 0
+    for unit, count in enumerate(rows_per_shard):
+        examples = []
+        for _ in range(count):
+            rng = np.random.default_rng(index)
+            image = Image.fromarray(rng.integers(0, 255, (90 + index, 120, 3), dtype=np.uint8))
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=95)
+            generator = torch.Generator().manual_seed(index)
+            params = [sample_augmentation(image.height, image.width, metadata.augmentation, generator)
+                      for _ in range(N)]
+            examples.append({
+                "uid": f"u{index}", "image": buffer.getvalue(), "caption": f"a photo number {index}",
+                "syn_captions": [f"synthetic caption {index} {j}" for j in range(num_synthetic)],
+                "aug_params": [p.to_json() for p in params],
+                "image_emb": np.array([[index + a / 10] * sum(DIMS) for a in range(N)]),
+                "text_emb": np.array([[-(index + t / 10)] * sum(DIMS) for t in range(1 + num_synthetic)]),
+            })
+            index += 1
+        write_parquet_shard(examples, metadata, root / shard_filename("train", unit, 0))
+    write_dataset_card(root, metadata, {"train": index})
+    return metadata
+
+
+@pytest.fixture(scope="module")
+def reinforced(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reinforced")
+    build_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return open_clip.get_tokenizer("ViT-B-16")
+
+
+def index_of(uid):
+    return int(uid[1:])
+
+
+def check_sample(sample, row, view, tokenizer):
+    index = index_of(sample["uid"])
+    aug, syn = sample["aug_index"], sample["syn_index"]
+    assert 0 <= aug < N and 0 <= syn < K
+    assert sample["image_emb"].dtype == torch.float16 and sample["image_emb"].shape == (sum(DIMS),)
+    assert torch.allclose(sample["image_emb"].float(), torch.tensor(index + aug / 10), atol=2e-2)
+    assert torch.allclose(sample["text_emb"].float(), torch.tensor(-float(index)), atol=2e-2)
+    assert torch.allclose(sample["syn_text_emb"].float(), torch.tensor(-(index + (1 + syn) / 10)), atol=2e-2)
+    assert torch.equal(sample["input_ids"], tokenizer([row["caption"]])[0])
+    assert torch.equal(sample["syn_input_ids"], tokenizer([row["syn_captions"][syn]])[0])
+    expected_view = apply_augmentation(row["image"].convert("RGB"), AugmentationParams.from_json(row["aug_params"][aug]),
+                                       256, "bilinear", reference_size=224)
+    expected = (torch.from_numpy(np.array(expected_view)).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
+    assert sample["pixel_values"].dtype == torch.float32
+    torch.testing.assert_close(sample["pixel_values"], expected, atol=1e-5, rtol=0)
+
+
+def test_view_replays_stored_augmentation_and_selects_matching_targets(reinforced, tokenizer):
+    dataset, metadata = load_reinforced_dataset(str(reinforced))
+    config = type("Config", (), {"image_size": 256, "resample": "bilinear", "image_mean": (0.5,) * 3,
+                                 "image_std": (0.25,) * 3})()
+    view = ReinforcedTrainingView.from_model_config(config, tokenizer, metadata, seed=3)
+    assert view.reference_size == 224 and view.synthetic
+    train_set = view.wrap(dataset)
+    for i in range(len(train_set)):
+        check_sample(train_set[i], dataset[i], view, tokenizer)
+
+
+def test_draws_depend_on_epoch_not_on_workers(reinforced, tokenizer):
+    dataset, metadata = load_reinforced_dataset(str(reinforced))
+    view = ReinforcedTrainingView(tokenizer, image_size=32, seed=0)
+    train_set = view.wrap(dataset)
+
+    def draws(num_workers):
+        loader = DataLoader(train_set, batch_size=3, num_workers=num_workers, collate_fn=collate_reinforced)
+        return {uid: (int(a), int(s)) for batch in loader
+                for uid, a, s in zip(batch["uid"], batch["aug_index"], batch["syn_index"])}
+
+    epoch0 = draws(0)
+    assert draws(2) == epoch0 and len(epoch0) == 9
+    train_set.set_epoch(1)
+    epoch1 = draws(2)
+    assert epoch1 != epoch0 and set(epoch1) == set(epoch0)
+    train_set.set_epoch(0)
+    assert draws(0) == epoch0
+    # All augmentations and synthetic captions get drawn over epochs.
+    seen = set()
+    for epoch in range(12):
+        view.set_epoch(epoch)
+        seen |= {(train_set[0]["aug_index"], train_set[0]["syn_index"])}
+    assert {a for a, _ in seen} == set(range(N)) and {s for _, s in seen} == set(range(K))
+
+
+def test_streaming_with_workers_matches_map_style(reinforced, tokenizer):
+    dataset, _ = load_reinforced_dataset(str(reinforced))
+    stream, _ = load_reinforced_dataset(str(reinforced), streaming=True)
+    view = ReinforcedTrainingView(tokenizer, image_size=64, seed=5)
+    view.set_epoch(2)
+    map_samples = {s["uid"]: s for s in view.wrap(dataset)}
+    loader = DataLoader(view.wrap(stream), batch_size=4, num_workers=2, collate_fn=collate_reinforced)
+    streamed = {}
+    for batch in loader:
+        assert batch["image_emb"].dtype == torch.float16 and batch["pixel_values"].shape[1:] == (3, 64, 64)
+        for i, uid in enumerate(batch["uid"]):
+            streamed[uid] = {key: value[i] for key, value in batch.items() if key != "uid"}
+    assert set(streamed) == set(map_samples)  # every sample exactly once across the 2 workers
+    for uid, sample in streamed.items():
+        for key in ("pixel_values", "image_emb", "text_emb", "syn_text_emb", "input_ids", "syn_input_ids"):
+            assert torch.equal(sample[key], map_samples[uid][key]), (uid, key)
+
+
+def test_random_caption_mode_and_datasets_without_synthetic_captions(tmp_path, tokenizer):
+    build_dataset(tmp_path, num_synthetic=0, rows_per_shard=(3,))
+    dataset, metadata = load_reinforced_dataset(str(tmp_path))
+    view = ReinforcedTrainingView(tokenizer, image_size=32, synthetic=metadata.num_synthetic_captions > 0)
+    sample = view.wrap(dataset)[1]
+    assert "syn_input_ids" not in sample and sample["syn_index"] == -1
+    assert torch.allclose(sample["text_emb"].float(), torch.tensor(-1.0), atol=1e-2)
+    batch = collate_reinforced([view.wrap(dataset)[i] for i in range(3)])
+    assert batch["input_ids"].shape == (3, 77) and batch["text_emb"].shape == (3, sum(DIMS))
+
+    build_dataset(tmp_path / "k3", rows_per_shard=(2,))
+    dataset, _ = load_reinforced_dataset(str(tmp_path / "k3"))
+    view = ReinforcedTrainingView(tokenizer, image_size=32, caption_mode="random")
+    choices = set()
+    for epoch in range(20):
+        view.set_epoch(epoch)
+        sample = view(dataset.with_format("arrow")[0])
+        row = dataset[0]
+        choice = sample["syn_index"] + 1
+        text = row["caption"] if choice == 0 else row["syn_captions"][choice - 1]
+        assert torch.equal(sample["input_ids"], tokenizer([text])[0]) and "syn_input_ids" not in sample
+        assert torch.allclose(sample["text_emb"].float(), torch.tensor(-choice / 10), atol=1e-2)
+        choices.add(choice)
+    assert choices == set(range(1 + K))
+    with pytest.raises(ValueError, match="caption_mode"):
+        ReinforcedTrainingView(tokenizer, caption_mode="gt")
+
+
+def test_view_accepts_decoded_rows(reinforced, tokenizer):
+    dataset, _ = load_reinforced_dataset(str(reinforced))
+    view = ReinforcedTrainingView(tokenizer, image_size=48, seed=1)
+    from_table = view(dataset.with_format("arrow")[4])
+    from_dict = view(dataset[4])  # python format: PIL image, nested lists
+    for key in ("pixel_values", "image_emb", "text_emb", "syn_text_emb", "input_ids"):
+        assert torch.equal(from_table[key], from_dict[key]), key
