@@ -66,7 +66,9 @@ def build_models(variant: str | None, model_id: str | None) -> tuple[torch.nn.Mo
         ours = AutoModel.from_pretrained(model_id, trust_remote_code=True)
         variant = ours.config.variant
     else:
-        ours = MobileCLIPModel(MobileCLIPConfig.from_variant(variant))
+        # open_clip's MobileCLIP-B runs timm's ViT stem: use it too so both compute the same function.
+        overrides = {"vision_config": {"apple_vit_stem": False}} if variant in OPEN_CLIP_PEERS else {}
+        ours = MobileCLIPModel(MobileCLIPConfig.from_variant(variant, **overrides))
     ours.eval()
     if variant in OPEN_CLIP_PEERS:
         import open_clip
@@ -84,8 +86,35 @@ def build_models(variant: str | None, model_id: str | None) -> tuple[torch.nn.Mo
                                      **(vision.backbone_kwargs or {})).eval()
         if model_id is None:
             ours.vision_model.backbone.load_state_dict(backbone.state_dict())
-        peer = Peer(f"timm {vision.backbone} (image tower only)", backbone, backbone, None, same_weights=model_id is None)
+        text_peer = _mct_text_peer(ours.config.text_config)
+        if text_peer is None:
+            peer = Peer(f"timm {vision.backbone} (image tower only)", backbone, backbone, None,
+                        same_weights=model_id is None)
+        else:
+            # Random weights of the same shapes: compares speed only (same_weights=False skips the output check).
+            modules = torch.nn.ModuleDict({"image": backbone, "text": text_peer})
+            peer = Peer(f"timm {vision.backbone} + transformers Sam3LiteText (MCt)", modules, backbone,
+                        lambda input_ids: text_peer(input_ids=input_ids).pooler_output, same_weights=False)
     return ours, peer
+
+
+def _mct_text_peer(text_config) -> torch.nn.Module | None:
+    """transformers' MCt text encoder (EfficientSAM3 LiteText, not fusable) for MobileCLIP-S0's text tower."""
+    if not text_config.num_repmixer_blocks:
+        return None
+    from transformers.models.sam3_lite_text.modeling_sam3_lite_text import (
+        Sam3LiteTextTextConfig,
+        Sam3LiteTextTextModel,
+    )
+
+    config = Sam3LiteTextTextConfig(
+        num_hidden_layers=text_config.num_hidden_layers + text_config.num_repmixer_blocks,
+        hidden_size=text_config.hidden_size,
+        intermediate_size=text_config.intermediate_size,
+        num_attention_heads=text_config.num_attention_heads,
+        use_repmixer_blocks=True,
+    )
+    return Sam3LiteTextTextModel(config).eval()
 
 
 def example_inputs(model: torch.nn.Module, batch_size: int, device: torch.device, dtype: torch.dtype):
