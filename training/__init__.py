@@ -1,0 +1,1 @@
+"""Reinforced MobileCLIP training with Accelerate: `accelerate launch training/train.py --config ...`."""

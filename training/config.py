@@ -1,0 +1,392 @@
+"""The training configuration: one typed dataclass, read from a YAML preset and overridden on the command line.
+
+    accelerate launch training/train.py --config training/configs/mobileclip-s0-datacompdr12m.yaml \
+        --train_data /data/datacompdr12m --per_device_batch_size 256 --output_dir runs/s0
+
+A preset may start with `base: OTHER.yaml` (a path relative to the preset) to inherit that file's keys; keys in the
+preset override the base, and command-line `--key value` overrides both. Values on the command line are parsed as
+YAML (`--teacher_logit_scales "[70, 60]"`, `--push_to_hub` alone means true). Every key is documented in
+:class:`TrainingConfig` and in the README's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib.util
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+MODES = ("reinforced", "clip", "online")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+TRACKERS = ("tensorboard", "wandb", "all", "none")
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names the key, the source and the fix."""
+
+
+@dataclass
+class TrainingConfig:
+    """All settings of one training run (see the README's "Configuration keys" table for the same in one place)."""
+
+    # --- model -------------------------------------------------------------------------------------------------
+    variant: str = "mobileclip-s0"
+    """Architecture to train from scratch (`modeling_mobileclip.VARIANTS`, or `mobileclip-tiny` for tests)."""
+    init_from: str | None = None
+    """Saved MobileCLIP folder or Hub id to start from instead of random weights (fine-tuning)."""
+
+    # --- data --------------------------------------------------------------------------------------------------
+    train_data: str | None = None
+    """Training data: a local folder / data file or Hub dataset id that `datasets.load_dataset` reads."""
+    train_data_config: str | None = None
+    """`load_dataset` configuration name (e.g. `twitter` for the emoji set)."""
+    train_split: str = "train"
+    """Split of `train_data` to train on."""
+    max_train_samples: int | None = None
+    """Use only the first N rows (quick runs)."""
+    mode: str = "reinforced"
+    """`reinforced` (stored teacher embeddings), `clip` (no teacher: the baseline) or `online` (teachers in the
+    loop)."""
+    image_column: str = "image"
+    """Image column of data without stored augmentations (reinforced data always uses `image`)."""
+    caption_column: str = "caption"
+    """Ground-truth caption column: a string, or a list of strings (one drawn per sample and epoch)."""
+    synthetic_caption_column: str = "syn_captions"
+    """Synthetic-caption column (a list of strings) of data without stored augmentations."""
+    use_synthetic_captions: bool = True
+    """Add the (image, synthetic caption) batch B_syn when the data has synthetic captions."""
+    num_workers: int = 4
+    """DataLoader worker processes per training process (decoding and augmentation replay)."""
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    """RandomResizedCrop area range for data *without* stored augmentations (views are sampled per epoch)."""
+    rand_augment: bool = True
+    """Apply RandAugment to views sampled for data without stored augmentations (DataCompDR's recipe)."""
+
+    # --- loss and teachers -------------------------------------------------------------------------------------
+    kd_weight: float | None = None
+    """lambda in (1 - lambda) * CLIP + lambda * KD. Default: 0.75 for mobileclip-b, 1.0 otherwise, 0 in mode clip."""
+    teachers: list[str] = field(default_factory=list)
+    """Teacher specs (`open_clip:ARCH:PRETRAINED`, `hf:PATH`). Online mode: the models to run. Reinforced mode:
+    optional, checked against the dataset card (which otherwise supplies them)."""
+    teacher_logit_scales: list[float] | None = None
+    """Per-teacher logit scale (inverse temperature) in teacher order; default 100 each (MobileCLIP v1)."""
+    local_loss: bool = False
+    """Score local rows against global columns (O(b x B) memory instead of O(B^2)); same loss and gradients."""
+
+    # --- optimisation ------------------------------------------------------------------------------------------
+    max_steps: int = 1000
+    """Optimizer steps to train (the run spans as many epochs as that takes)."""
+    per_device_batch_size: int | None = None
+    """Samples per process and step. Give this or `global_batch_size`."""
+    global_batch_size: int | None = None
+    """Samples per step over all processes; must be a multiple of the number of processes."""
+    learning_rate: float = 1e-3
+    """Peak AdamW learning rate, reached after `warmup_steps`."""
+    min_learning_rate: float = 0.0
+    """Floor of the cosine decay, reached at `max_steps`."""
+    warmup_steps: int = 1000
+    """Linear warmup from 0 (open_clip convention: lr * (step + 1) / warmup_steps)."""
+    weight_decay: float = 0.2
+    """AdamW decoupled weight decay, not applied to biases, norms, layer scales and the logit scale."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.95
+    """AdamW beta2 (0.95 in the MobileCLIP recipes)."""
+    adam_epsilon: float = 1e-6
+    """AdamW epsilon."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value (null: no clipping)."""
+    logit_scale_max: float = 100.0
+    """After each step the learned logit scale is clamped to [0, ln(logit_scale_max)]."""
+
+    # --- performance -------------------------------------------------------------------------------------------
+    mixed_precision: str = "bf16"
+    """`bf16` (the recipe), `fp16` (with loss scaling) or `no` (float32; CPU tests)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (both towers) to fit larger batches."""
+    torch_compile: bool = False
+    """Compile the model with torch.compile (inductor) through Accelerate."""
+    channels_last: bool = False
+    """Channels-last memory format for the image tower and its inputs (faster convolutions on GPUs)."""
+    freeze_batchnorm: bool = False
+    """Keep BatchNorm layers in eval mode (running statistics) while training their affine parameters."""
+    sync_batchnorm: bool = False
+    """Synchronise BatchNorm statistics across GPUs (torch SyncBatchNorm; GPU only)."""
+
+    # --- checkpoints and outputs -------------------------------------------------------------------------------
+    output_dir: str = "outputs/mobileclip"
+    """Checkpoints, logs, `train_history.jsonl` and the final `model/` folder go here."""
+    save_steps: int = 1000
+    """Write an exact-resume checkpoint (`output_dir/checkpoints/step_N`) every N steps; 0 disables."""
+    save_total_limit: int | None = 3
+    """Keep only the newest N checkpoints (null keeps all)."""
+    resume_from_checkpoint: str | None = None
+    """`latest` (newest complete checkpoint in `output_dir`, fresh start if none) or a checkpoint folder."""
+    save_reparameterized: bool = False
+    """Also write `output_dir/model/reparameterized`, the fused inference copy (uploaded with the model)."""
+
+    # --- logging -----------------------------------------------------------------------------------------------
+    report_to: str = "tensorboard"
+    """`tensorboard`, `wandb`, `all` or `none` (comma-separated combinations allowed)."""
+    logging_steps: int = 10
+    """Log averaged losses, lr, logit scale and samples/s every N steps."""
+    project_name: str = "mobileclip"
+    """Tracker project name (TensorBoard logs go to `output_dir/<project_name>`)."""
+    run_name: str | None = None
+    """Run name shown by wandb."""
+
+    # --- periodic zero-shot evaluation -------------------------------------------------------------------------
+    eval_data: str | None = None
+    """Small held-out classification set (`load_dataset` spec); none disables evaluation."""
+    eval_data_config: str | None = None
+    """`load_dataset` configuration name of `eval_data`."""
+    eval_split: str = "test"
+    """Split of `eval_data`."""
+    eval_image_column: str = "image"
+    """Image column of `eval_data`."""
+    eval_label_column: str = "label"
+    """Label column of `eval_data` (class index or class label)."""
+    eval_classnames: str | None = None
+    """JSON file / `imagenet1k`; default: the label column's ClassLabel names (or its string values)."""
+    eval_templates: list[str] | None = None
+    """Prompt templates with `{c}`; default: the 80 OpenAI ImageNet templates."""
+    eval_steps: int = 0
+    """Evaluate every N steps (0: only after training)."""
+    eval_max_samples: int | None = 1000
+    """Evaluate on the first N images only (null: all)."""
+    eval_batch_size: int = 64
+    """Images per evaluation batch and process."""
+
+    # --- Hub ---------------------------------------------------------------------------------------------------
+    push_to_hub: bool = False
+    """Upload `output_dir/model` to `hub_model_id` after training."""
+    hub_model_id: str | None = None
+    """`ORG/NAME` of the model repo to create or update."""
+    hub_private: bool = False
+    """Create the Hub repo as private."""
+
+    seed: int = 0
+    """Seeds the weights, the data order and every per-sample random choice."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that need nothing but the config (data- and process-dependent checks run at start-up)."""
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}.")
+        unknown = [name for name in self.trackers if name not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"report_to has unknown tracker(s) {unknown}; choose from {TRACKERS}.")
+        for name in ("tensorboard", "wandb"):
+            if name in self.trackers and importlib.util.find_spec(name) is None:
+                raise ConfigError(f"report_to {name!r} needs the `{name}` package (pip install {name}), or set "
+                                  "report_to to another tracker / none.")
+        for name in ("max_steps", "logging_steps", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("save_steps", "warmup_steps", "eval_steps", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("per_device_batch_size", "global_batch_size", "max_train_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 (or null), got {value}.")
+        if self.kd_weight is not None and not 0.0 <= self.kd_weight <= 1.0:
+            raise ConfigError(f"kd_weight must lie in [0, 1], got {self.kd_weight}.")
+        if self.mode == "clip" and self.kd_weight:
+            raise ConfigError(f"mode 'clip' trains without teachers, but kd_weight={self.kd_weight}; use mode "
+                              "'reinforced' or 'online', or drop kd_weight.")
+        if self.mode == "online" and not self.teachers:
+            raise ConfigError("mode 'online' needs `teachers` (e.g. ['open_clip:ViT-L-14:openai']).")
+        scales = self.teacher_logit_scales
+        if scales is not None and self.teachers and len(scales) != len(self.teachers):
+            raise ConfigError(f"teacher_logit_scales has {len(self.teacher_logit_scales)} values for "
+                              f"{len(self.teachers)} teachers {self.teachers}; give one per teacher.")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("push_to_hub needs hub_model_id (ORG/NAME).")
+        if self.hub_model_id is not None and self.hub_model_id.count("/") != 1:
+            raise ConfigError(f"hub_model_id must look like ORG/NAME, got {self.hub_model_id!r}.")
+        if self.min_learning_rate > self.learning_rate:
+            raise ConfigError(f"min_learning_rate ({self.min_learning_rate}) exceeds learning_rate "
+                              f"({self.learning_rate}).")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ConfigError(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}.")
+        if self.freeze_batchnorm and self.sync_batchnorm:
+            raise ConfigError("freeze_batchnorm and sync_batchnorm exclude each other (frozen statistics need no "
+                              "sync).")
+
+    @property
+    def trackers(self) -> list[str]:
+        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        return [] if names == ["none"] else names
+
+    def resolved_kd_weight(self) -> float:
+        if self.mode == "clip":
+            return 0.0
+        if self.kd_weight is not None:
+            return self.kd_weight
+        # MobileCLIP-B was trained with (w_clip, w_kd) = (0.25, 0.75); S variants and all MobileCLIP2 with (0, 1).
+        return 0.75 if self.variant.lower() == "mobileclip-b" else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELD_TYPES = typing.get_type_hints(TrainingConfig)
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Checks/converts a YAML value to the field's annotated type; the error names the key and its source."""
+    hint = _FIELD_TYPES[name]
+    if name == "mixed_precision" and value is False:  # YAML 1.1 reads a bare `no` as false
+        value = "no"
+    options = _options(hint)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{where}: key {name!r} cannot be null.")
+    errors = []
+    for option in (o for o in options if o is not type(None)):
+        origin = typing.get_origin(option)
+        if origin is list:
+            (item_type,) = typing.get_args(option)
+            items = value if isinstance(value, list) else [value]
+            try:
+                return [_scalar(item, item_type) for item in items]
+            except (TypeError, ValueError) as error:
+                errors.append(str(error))
+                continue
+        try:
+            return _scalar(value, option)
+        except (TypeError, ValueError) as error:
+            errors.append(str(error))
+    raise ConfigError(f"{where}: key {name!r} expects {_type_name(hint)}, got {value!r} ({'; '.join(errors)}).")
+
+
+def _scalar(value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"{value!r} is not true/false")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{value!r} is not an integer")
+        return value
+    if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError(f"{value!r} is not a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{value!r} is not a number")
+        return float(value)
+    if kind is str:
+        if isinstance(value, (dict, list)):
+            raise TypeError(f"{value!r} is not a string")
+        return str(value)
+    raise TypeError(f"unsupported type {kind}")
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _options(hint: Any) -> tuple:
+    """The members of a `X | Y` annotation, or `(hint,)`."""
+    is_union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return typing.get_args(hint) if is_union else (hint,)
+
+
+def _is_list_field(name: str) -> bool:
+    return any(typing.get_origin(option) is list for option in _options(_FIELD_TYPES[name]))
+
+
+def _check_keys(values: dict[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(TrainingConfig)}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}.{hint} Valid keys: the fields of TrainingConfig in "
+                              "training/config.py.")
+
+
+def read_yaml_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The keys of a preset, its `base:` chain resolved (base first, then this file's keys)."""
+    path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (CONFIGS_DIR / path).is_file():
+        path = CONFIGS_DIR / path
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path} (presets live in {CONFIGS_DIR}).")
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: circular `base:` chain {[str(p) for p in _seen]}.")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(values).__name__}.")
+    base = values.pop("base", None)
+    merged = read_yaml_config(path.parent / base, (*_seen, path)) if base else {}
+    _check_keys(values, str(path))
+    merged.update({k: (path, v) for k, v in values.items()})
+    return merged
+
+
+def build_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainingConfig:
+    """Preset keys, then `overrides` (already YAML-parsed), type-checked into a :class:`TrainingConfig`."""
+    values: dict[str, Any] = {}
+    sources: dict[str, tuple[Path | str, Any]] = read_yaml_config(yaml_path) if yaml_path else {}
+    if overrides:
+        _check_keys(overrides, "command line")
+        sources.update({k: ("command line", v) for k, v in overrides.items()})
+    for key, (where, value) in sources.items():
+        values[key] = _coerce(key, value, str(where))
+    return TrainingConfig(**values)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainingConfig:
+    """`--config FILE` plus `--key value` overrides for every field of :class:`TrainingConfig`."""
+    parser = argparse.ArgumentParser(
+        description="Reinforced MobileCLIP training (run with `accelerate launch training/train.py`).",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="YAML preset (a path, or a file name in training/configs/)")
+    for item in dataclasses.fields(TrainingConfig):
+        is_bool = _FIELD_TYPES[item.name] is bool
+        parser.add_argument(
+            f"--{item.name}", nargs="?" if is_bool else None, const="true" if is_bool else None,
+            metavar="VALUE", help=f"{_type_name(_FIELD_TYPES[item.name])} (default {item.default!r})"
+            if item.default is not dataclasses.MISSING else _type_name(_FIELD_TYPES[item.name]),
+        )
+    args = vars(parser.parse_args(argv))
+    config_path = args.pop("config", None)
+    overrides = {}
+    for key, text in args.items():
+        if _FIELD_TYPES[key] in (str, str | None):
+            # String keys stay literal (paths like "001", mixed_precision "no"); only "null" clears an optional one.
+            overrides[key] = None if text == "null" and _FIELD_TYPES[key] is not str else text
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"command line: cannot parse --{key} {text!r}: {error}") from error
+        if isinstance(value, str) and _is_list_field(key):  # `--teachers a,b` like dataset_scripts' CLI
+            value = [yaml.safe_load(item.strip()) for item in value.split(",") if item.strip()]
+        overrides[key] = value
+    return build_config(config_path, overrides)
+
+
+__all__ = ["ConfigError", "MODES", "TrainingConfig", "build_config", "parse_args", "read_yaml_config"]

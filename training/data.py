@@ -1,0 +1,347 @@
+"""Training data: loading and validating the dataset, the global-batch sampler and per-sample views.
+
+Order and randomness are functions of `(seed, epoch, row)` only:
+
+* :class:`GlobalBatchSampler` shuffles the rows once per epoch with `seed + epoch` and cuts the permutation into
+  global batches; process `r` of `W` takes rows `[r*b, (r+1)*b)` of each global batch. So the global batch at a
+  step is the same for 1 or N processes (what makes a 2-process run equal a 1-process run on the same batch), and
+  a run resumes exactly from its step counter alone: step -> (epoch, batch within the epoch).
+* :class:`TrainingSamples` derives each sample's random choices (which stored augmentation and synthetic caption,
+  drawn by `dataset_scripts.training_view` from `(seed, epoch, uid)`; for data without stored augmentations a
+  fresh view and one caption of a list, from `(seed, epoch, row)`), independent of DataLoader workers and GPUs.
+
+The dataset is map-style (`load_dataset` without streaming), which `datasets` backs with an Arrow cache on disk.
+
+Views are returned as uint8 (3, S, S) at the student's resolution; normalisation happens on the device (and the
+online teachers resize and normalise the same uint8 views themselves). Teacher embeddings stay float16 in the
+batch; the loss casts them to float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import torch
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+from dataset_scripts.augmentation import AugmentationConfig, apply_augmentation, sample_augmentation, sample_seed
+from dataset_scripts.training_view import ReinforcedTrainingView
+
+from .config import TrainingConfig
+
+
+class DataValidationError(ValueError):
+    """The training data does not fit the configuration: the message names the dataset, column/row and the fix."""
+
+
+# The reinforced format's columns (dataset_scripts/dr_format.py); its rows are read by name, not via *_column keys.
+REINFORCED_COLUMNS = ("uid", "image", "caption", "syn_captions", "aug_params", "image_emb", "text_emb")
+
+
+@dataclass
+class DataSpec:
+    """What validation found out about the training data."""
+
+    reinforced_format: bool
+    """All reinforced columns present: views replay stored augmentations (any mode)."""
+    use_synthetic_captions: bool
+    teacher_specs: list[str]
+    teacher_dims: list[int]
+    augmentation: AugmentationConfig
+    """How the stored augmentations were recorded (the card's), or the defaults."""
+    num_rows: int
+
+
+def load_train_dataset(config: TrainingConfig) -> datasets.Dataset:
+    """`load_dataset(train_data, train_data_config, split=train_split)`, cut to `max_train_samples`."""
+    if not config.train_data:
+        raise DataValidationError("No training data: set `train_data` (a local folder/file or a Hub dataset id).")
+    try:
+        dataset = datasets.load_dataset(config.train_data, config.train_data_config, split=config.train_split)
+    except ValueError as error:
+        if "Unknown split" in str(error):
+            raise DataValidationError(
+                f"{config.train_data} has no split {config.train_split!r} ({error}); set `train_split`."
+            ) from error
+        raise
+    if config.max_train_samples is not None:
+        dataset = dataset.select(range(min(config.max_train_samples, len(dataset))))
+    return dataset
+
+
+def _card_metadata(config: TrainingConfig):
+    from dataset_scripts.dr_format import load_reinforcement_metadata
+
+    try:
+        return load_reinforcement_metadata(config.train_data)
+    except Exception as error:  # no card, no metadata block, or an unreachable Hub repo
+        raise DataValidationError(
+            f"mode {config.mode!r} reads the teachers (names, dims, order) from the dataset card of "
+            f"{config.train_data}, but it could not be read: {error}. Reinforced datasets written by "
+            "`python -m dataset_scripts.reinforce` carry it in README.md."
+        ) from error
+
+
+def validate_dataset(
+    dataset: datasets.Dataset, config: TrainingConfig, teacher_dims: list[int] | None = None
+) -> DataSpec:
+    """Checks the columns against the mode and the stored embeddings against the teachers; returns a :class:`DataSpec`.
+
+    `teacher_dims` are the online teachers' dims (mode `online`); mode `reinforced` reads them from the card.
+    """
+    columns = set(dataset.column_names)
+    where = f"training data {config.train_data}"
+    reinforced_format = all(name in columns for name in REINFORCED_COLUMNS)
+    if config.mode == "reinforced":
+        missing = [name for name in REINFORCED_COLUMNS if name not in columns]
+        if missing:
+            raise DataValidationError(
+                f"{where} lacks column(s) {missing} needed by mode 'reinforced' (it has {sorted(columns)}). This "
+                "does not look like a reinforced dataset: reinforce it with `python -m dataset_scripts.reinforce`, "
+                "or train with mode 'clip' (no teacher) or 'online' (teachers in the loop)."
+            )
+    elif not reinforced_format:
+        missing = [name for name in (config.image_column, config.caption_column) if name not in columns]
+        if missing:
+            raise DataValidationError(
+                f"{where} lacks column(s) {missing} (image_column / caption_column) needed by mode "
+                f"{config.mode!r}; it has {sorted(columns)}. Set image_column / caption_column."
+            )
+    if len(dataset) == 0:
+        raise DataValidationError(f"{where} split {config.train_split!r} is empty.")
+
+    has_syn = config.synthetic_caption_column in columns
+    augmentation = AugmentationConfig()
+    specs: list[str] = list(config.teachers)
+    dims: list[int] = list(teacher_dims or [])
+    if reinforced_format:
+        metadata = _card_metadata(config)
+        augmentation = metadata.augmentation
+        has_syn = metadata.num_synthetic_captions > 0
+    if config.mode == "reinforced":
+        card_specs = [teacher.spec for teacher in metadata.teachers]
+        if config.teachers and config.teachers != card_specs:
+            raise DataValidationError(
+                f"`teachers` {config.teachers} differ from the teachers recorded in the card of {config.train_data}: "
+                f"{card_specs} (embedding order matters for the per-teacher logit scales). Drop `teachers` or fix it."
+            )
+        specs, dims = card_specs, metadata.teacher_dims
+        stored_rows = {"image_emb": metadata.num_augmentations, "text_emb": 1 + metadata.num_synthetic_captions}
+        for column, rows in stored_rows.items():
+            shape = tuple(getattr(dataset.features[column], "shape", ()) or ())
+            if shape and shape != (rows, sum(dims)):
+                raise DataValidationError(
+                    f"{where}: column {column!r} stores embeddings of shape {shape}, but the card's teachers "
+                    f"{card_specs} have dims {dims} (sum {sum(dims)}) and imply {(rows, sum(dims))}."
+                )
+    if config.mode != "clip":
+        scales = config.teacher_logit_scales
+        if scales is not None and len(scales) != len(dims):
+            raise DataValidationError(
+                f"teacher_logit_scales {scales} has {len(scales)} values, but there are {len(dims)} teachers "
+                f"{specs}; give one scale per teacher, in that order."
+            )
+    return DataSpec(
+        reinforced_format=reinforced_format,
+        use_synthetic_captions=config.use_synthetic_captions and has_syn,
+        teacher_specs=specs,
+        teacher_dims=dims,
+        augmentation=augmentation,
+        num_rows=len(dataset),
+    )
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Yields this process's share of each global batch as `(row, epoch)` pairs, from `start_step` on.
+
+    Each epoch is a permutation of all rows seeded with `seed + epoch`, cut into `len // global_batch_size` global
+    batches (the remainder is dropped, as with `drop_last`). The sampler is infinite; the loop stops at max_steps.
+    """
+
+    def __init__(
+        self, num_rows: int, global_batch_size: int, seed: int, rank: int, world_size: int, start_step: int = 0
+    ):
+        if global_batch_size % world_size:
+            raise ValueError(f"global batch {global_batch_size} is not a multiple of {world_size} processes.")
+        if num_rows < global_batch_size:
+            raise DataValidationError(
+                f"The training data has {num_rows} rows, fewer than one global batch of {global_batch_size}; "
+                "lower the batch size or use more data."
+            )
+        self.num_rows, self.global_batch_size, self.seed = num_rows, global_batch_size, seed
+        self.local_batch_size = global_batch_size // world_size
+        self.rank, self.start_step = rank, start_step
+        self.steps_per_epoch = num_rows // global_batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while True:
+            epoch, position = divmod(step, self.steps_per_epoch)
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.num_rows, generator=generator)
+            for batch in range(position, self.steps_per_epoch):
+                start = batch * self.global_batch_size + self.rank * self.local_batch_size
+                yield [(int(row), epoch) for row in order[start : start + self.local_batch_size]]
+            step = (epoch + 1) * self.steps_per_epoch
+
+    def __len__(self) -> int:  # per epoch; the iterator itself never ends
+        return self.steps_per_epoch
+
+
+class _EpochKeyedView(ReinforcedTrainingView):
+    """`dataset_scripts`' training view with the epoch passed per call instead of through shared memory.
+
+    Our sampler hands each sample its own epoch, so draws stay a pure function of (seed, epoch, uid) even when
+    DataLoader workers prefetch across an epoch boundary. A worker handles one sample at a time, so a plain
+    per-process attribute is enough.
+    """
+
+    _call_epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        return self._call_epoch
+
+    def for_epoch(self, row: Any, epoch: int) -> dict[str, Any]:
+        self._call_epoch = epoch
+        return self(row)
+
+
+class TrainingSamples(torch.utils.data.Dataset):
+    """Map-style view: `samples[(row, epoch)]` -> one student view, its captions and (reinforced) teacher targets.
+
+    Reinforced-format rows go through `dataset_scripts.training_view` (one stored augmentation replayed at the
+    student's size, one synthetic caption, the matching teacher embeddings); other data gets a fresh
+    RandomResizedCrop + RandAugment view per epoch. Views are returned as uint8 either way.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, config: TrainingConfig, spec: DataSpec, image_size: int,
+                 resample: str, tokenizer: Any, keep_text: bool = False):
+        self.config, self.spec, self.keep_text = config, spec, keep_text
+        self.image_size, self.resample = image_size, resample
+        self.with_targets = config.mode == "reinforced"
+        self.length = len(dataset)
+        if spec.reinforced_format:
+            self.view = _EpochKeyedView(
+                tokenizer, image_size=image_size, interpolation=resample,
+                reference_size=spec.augmentation.size, seed=config.seed, synthetic=spec.use_synthetic_captions,
+            )  # mean 0 / std 1: [0, 1] pixels, turned back into exact uint8 below; we normalise on the device
+            self.rows = dataset.with_format("arrow")
+            self.texts = dataset.select_columns(["caption", "syn_captions"]) if keep_text else None
+        else:
+            columns = [config.image_column, config.caption_column]
+            if spec.use_synthetic_captions:
+                columns.append(config.synthetic_caption_column)
+            self.rows = dataset.select_columns(columns)
+            self.augmentation = AugmentationConfig(
+                size=image_size, scale=tuple(config.crop_scale), interpolation=resample,
+                rand_augment=config.rand_augment,
+            )
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _fail(self, row: int, message: str) -> DataValidationError:
+        return DataValidationError(f"{self.config.train_data} row {row}: {message}")
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        row, epoch = key
+        try:
+            return self._reinforced(row, epoch) if self.spec.reinforced_format else self._plain(row, epoch)
+        except DataValidationError:
+            raise
+        except (ValueError, KeyError, OSError, IndexError) as error:
+            raise self._fail(row, f"{type(error).__name__}: {error}") from error
+
+    def _reinforced(self, row: int, epoch: int) -> dict[str, Any]:
+        out = self.view.for_epoch(self.rows[row], epoch)
+        sample = {
+            "pixel_values": out["pixel_values"].mul(255.0).round_().to(torch.uint8),
+            "input_ids": out["input_ids"],
+        }
+        if "syn_input_ids" in out:
+            sample["syn_input_ids"] = out["syn_input_ids"]
+        if self.with_targets:
+            sample.update({k: out[k] for k in ("image_emb", "text_emb", "syn_text_emb") if k in out})
+        if self.keep_text:
+            texts = self.texts[row]
+            sample["caption"] = texts["caption"]
+            if "syn_input_ids" in out:
+                sample["syn_caption"] = texts["syn_captions"][out["syn_index"]]
+        return sample
+
+    def _plain(self, row: int, epoch: int) -> dict[str, Any]:
+        generator = torch.Generator().manual_seed(sample_seed(self.config.seed, f"{epoch}/{row}"))
+        record = self.rows[row]
+        image = record[self.config.image_column]
+        if not isinstance(image, Image.Image):
+            raise self._fail(row, f"column {self.config.image_column!r} holds {type(image).__name__}, not an image.")
+        image = image.convert("RGB")
+        captions = record[self.config.caption_column]
+        captions = [captions] if isinstance(captions, str) else list(captions or [])
+        if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
+            raise self._fail(row, f"column {self.config.caption_column!r} needs a caption string or a list of them, "
+                                  f"got {record[self.config.caption_column]!r}.")
+        caption = captions[int(torch.randint(len(captions), (1,), generator=generator))]
+        params = sample_augmentation(image.height, image.width, self.augmentation, generator)
+        view = apply_augmentation(image, params, self.image_size, self.resample)
+        sample: dict[str, Any] = {"pixel_values": pil_to_tensor(view), "caption": caption}
+        if self.spec.use_synthetic_captions:
+            synthetic = record[self.config.synthetic_caption_column]
+            if not synthetic:
+                raise self._fail(row, f"column {self.config.synthetic_caption_column!r} is empty; set "
+                                      "use_synthetic_captions false for data without synthetic captions.")
+            sample["syn_caption"] = synthetic[int(torch.randint(len(synthetic), (1,), generator=generator))]
+        return sample
+
+
+class Collator:
+    """Stacks views and teacher targets; tokenizes captions not tokenized yet (in the DataLoader workers)."""
+
+    def __init__(self, tokenizer: Any, keep_text: bool = False):
+        self.tokenizer, self.keep_text = tokenizer, keep_text
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {}
+        for key in ("pixel_values", "input_ids", "syn_input_ids", "image_emb", "text_emb", "syn_text_emb"):
+            if key in samples[0]:
+                batch[key] = torch.stack([s[key] for s in samples])
+        for text_key, ids_key in (("caption", "input_ids"), ("syn_caption", "syn_input_ids")):
+            if text_key not in samples[0]:
+                continue
+            texts = [s[text_key] for s in samples]
+            if ids_key not in batch:
+                batch[ids_key] = self.tokenizer(texts, return_tensors="pt")["input_ids"]
+            if self.keep_text:  # online teachers tokenize with their own tokenizers
+                batch[text_key + "s"] = texts
+        return batch
+
+
+def build_train_dataloader(
+    samples: TrainingSamples, collator: Collator, config: TrainingConfig, global_batch_size: int,
+    rank: int, world_size: int, start_step: int,
+) -> tuple[torch.utils.data.DataLoader, GlobalBatchSampler]:
+    """A DataLoader over this process's share of the global batches, starting at `start_step`."""
+    sampler = GlobalBatchSampler(len(samples), global_batch_size, config.seed, rank, world_size, start_step)
+    loader = torch.utils.data.DataLoader(
+        samples, batch_sampler=sampler, collate_fn=collator, num_workers=config.num_workers,
+        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        prefetch_factor=4 if config.num_workers else None,
+    )
+    return loader, sampler
+
+
+__all__ = [
+    "Collator",
+    "DataSpec",
+    "DataValidationError",
+    "GlobalBatchSampler",
+    "TrainingSamples",
+    "build_train_dataloader",
+    "load_train_dataset",
+    "validate_dataset",
+]

@@ -1,0 +1,435 @@
+"""Reinforced MobileCLIP training with Accelerate, from one CPU to many GPUs and nodes.
+
+    accelerate launch training/train.py --config training/configs/mobileclip-s0-datacompdr12m.yaml \
+        --train_data /data/datacompdr12m [--key value ...]
+
+Modes (`--mode`): `reinforced` (default; CLIP + distillation against the teacher embeddings stored in the dataset,
+the MobileCLIP recipe), `clip` (no teacher: the baseline), `online` (the teachers run inside the loop on the same
+views: for comparison and for data that has not been reinforced).
+
+Steps, in order: Accelerator; input validation (data columns vs mode, teacher dims vs stored embeddings, batch size
+vs processes); model, optimizer, `accelerator.prepare`; resume (`--resume_from_checkpoint latest`); the loop (lr
+from a pure function of the step, forward, loss over the global batch, backward, clip, AdamW step, logit-scale
+clamp, logging, checkpoints, periodic zero-shot evaluation); then the final evaluation, a complete Hugging Face
+folder in `output_dir/model` (model card included) and an optional push to the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `accelerate launch training/train.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
+from training.checkpointing import (
+    TrainingState,
+    check_resume_compatible,
+    resolve_resume_path,
+    save_checkpoint,
+)
+from training.config import ConfigError, TrainingConfig, parse_args
+from training.data import Collator, TrainingSamples, build_train_dataloader, load_train_dataset, validate_dataset
+from training.losses import ReinforcedCLIPLoss
+
+
+DEFAULT_TEACHER_LOGIT_SCALE = 100.0  # MobileCLIP v1's teachers (OpenAI / DataComp-XL ViT-L-14)
+HISTORY_FILE = "train_history.jsonl"
+OnGradients = Callable[[int, nn.Module, dict[str, torch.Tensor]], None]
+
+
+@dataclass
+class TrainingResult:
+    """What a finished run returns (on every process; history and metrics are complete on the main process)."""
+
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    model_dir: Path | None = None
+
+
+def resolve_batch_sizes(config: TrainingConfig, num_processes: int) -> tuple[int, int]:
+    """(global batch, per-device batch) from whichever of the two the config sets, checked against the processes."""
+    if config.global_batch_size is not None:
+        if config.global_batch_size % num_processes:
+            raise ConfigError(
+                f"global_batch_size {config.global_batch_size} cannot be split evenly over {num_processes} "
+                f"processes; use a multiple of {num_processes} or set per_device_batch_size instead."
+            )
+        per_device = config.global_batch_size // num_processes
+        if config.per_device_batch_size is not None and config.per_device_batch_size != per_device:
+            raise ConfigError(
+                f"per_device_batch_size {config.per_device_batch_size} x {num_processes} processes != "
+                f"global_batch_size {config.global_batch_size}; set only one of the two."
+            )
+        return config.global_batch_size, per_device
+    if config.per_device_batch_size is None:
+        raise ConfigError("Set per_device_batch_size (samples per process) or global_batch_size (all processes).")
+    return config.per_device_batch_size * num_processes, config.per_device_batch_size
+
+
+def learning_rate_at(step: int, config: TrainingConfig) -> float:
+    """Linear warmup to `learning_rate` over `warmup_steps`, then cosine decay to `min_learning_rate` at max_steps."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay for biases, norm weights, layer scales and the logit scale (open_clip's rule)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        exempt = parameter.ndim < 2 or name.endswith(".bias") or "logit_scale" in name or "layer_scale" in name \
+            or name.endswith(".gamma")
+        (no_decay if exempt else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model_and_processor(config: TrainingConfig) -> tuple[MobileCLIPModel, Any]:
+    """A fresh `variant` (seeded) or the `init_from` checkpoint, with the matching processor."""
+    from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
+
+    if config.init_from:
+        model = MobileCLIPModel.from_pretrained(config.init_from)
+        try:
+            processor = MobileCLIPProcessor.from_pretrained(config.init_from)
+        except (OSError, ValueError):
+            processor = MobileCLIPProcessor.from_variant(model.config.variant or config.variant)
+    else:
+        model = MobileCLIPModel(MobileCLIPConfig.from_variant(config.variant))
+        processor = MobileCLIPProcessor.from_variant(config.variant)
+    model.config.logit_scale_max = config.logit_scale_max
+    return model, processor
+
+
+def set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
+    model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def normalize_views(views: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, 3, S, S) views -> the student's normalised float input."""
+    pixels = (views.float().div_(255.0) - mean) / std
+    return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
+
+
+class OnlineTeachers:
+    """The teacher ensemble of mode `online`: embeds the student's own views and captions in the loop."""
+
+    def __init__(self, specs: list[str], device: torch.device, mixed_precision: str):
+        from dataset_scripts.teachers import load_teachers
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+        self.teachers = load_teachers(specs, device, dtype)
+        self.dims = [teacher.dim for teacher in self.teachers]
+
+    def __call__(
+        self, views: torch.Tensor, caption_batches: list[list[str]]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        image = torch.cat([t.encode_images(views) for t in self.teachers], dim=-1)
+        texts = [torch.cat([t.encode_texts(captions) for t in self.teachers], dim=-1) for captions in caption_batches]
+        return image, texts
+
+
+def training_losses(model: nn.Module, batch: dict[str, Any], loss_fn: ReinforcedCLIPLoss, logit_scale: torch.Tensor,
+                    normalize: Callable[[torch.Tensor], torch.Tensor], teachers: OnlineTeachers | None) -> dict:
+    """One forward over (image, ground-truth caption) and, if present, (same image, synthetic caption)."""
+    text_keys = [key for key in ("input_ids", "syn_input_ids") if key in batch]
+    input_ids = torch.cat([batch[key] for key in text_keys])
+    outputs = model(input_ids=input_ids, pixel_values=normalize(batch["pixel_values"]), return_dict=True)
+    text_embeds = list(outputs.text_embeds.split(batch["input_ids"].shape[0]))
+    teacher_image, teacher_texts = None, None
+    if teachers is not None:
+        captions = [batch["captions"]] + ([batch["syn_captions"]] if "syn_captions" in batch else [])
+        teacher_image, teacher_texts = teachers(batch["pixel_values"], captions)
+    elif "image_emb" in batch:
+        teacher_image = batch["image_emb"]
+        teacher_texts = [batch["text_emb"]] + ([batch["syn_text_emb"]] if len(text_keys) > 1 else [])
+    return loss_fn(outputs.image_embeds, text_embeds, logit_scale, teacher_image, teacher_texts)
+
+
+class PeriodicEvaluation:
+    """Zero-shot classification on a small held-out set with the `evaluation` package (CLIP_benchmark semantics)."""
+
+    def __init__(self, config: TrainingConfig, accelerator: Accelerator):
+        from evaluation.datasets_io import load_eval_dataset, read_classnames
+
+        self.config, self.accelerator = config, accelerator
+        with accelerator.main_process_first():
+            self.loaded = load_eval_dataset(config.eval_data, config.eval_split, config.eval_data_config)
+        if config.eval_max_samples is not None and len(self.loaded.dataset) > config.eval_max_samples:
+            self.loaded.dataset = self.loaded.dataset.select(range(config.eval_max_samples))
+        self.classnames = read_classnames(config.eval_classnames) if config.eval_classnames else None
+        column = config.eval_label_column
+        if column not in self.loaded.dataset.column_names:
+            raise ConfigError(f"eval_label_column {column!r} is not a column of {config.eval_data} "
+                              f"({self.loaded.dataset.column_names}).")
+        if self.classnames is None and getattr(self.loaded.dataset.features[column], "dtype", None) == "string":
+            # String labels without a class list: the classes are the distinct labels, named by themselves.
+            self.classnames = {label: label for label in sorted(set(self.loaded.dataset[column]))}
+
+    @torch.no_grad()
+    def __call__(self, model: MobileCLIPModel, processor: Any) -> dict[str, float]:
+        from evaluation.zero_shot import evaluate_zero_shot
+
+        known_loaders = len(self.accelerator._dataloaders)
+        was_training = model.training
+        model.eval()
+        try:
+            result = evaluate_zero_shot(
+                model, processor, self.loaded, self.accelerator, self.config.eval_image_column,
+                self.config.eval_label_column, self.classnames, self.config.eval_templates,
+                batch_size=self.config.eval_batch_size,
+            )
+        finally:
+            # evaluate_zero_shot prepares its own loaders; do not let them pile up in the accelerator.
+            del self.accelerator._dataloaders[known_loaders:]
+            model.train(was_training)
+        return {f"eval/{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+
+
+class MetricsWindow:
+    """Averages per-step metrics between two logging steps; samples/s over the summed step times."""
+
+    def __init__(self, global_batch: int):
+        self.global_batch = global_batch
+        self.sums: dict[str, float] = {}
+        self.steps, self.seconds = 0, 0.0
+
+    def add(self, values: dict[str, float], seconds: float) -> None:
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps, self.seconds = self.steps + 1, self.seconds + seconds
+
+    def flush(self, step: int, **extra: float) -> dict[str, float]:
+        record = {"step": step, **{k: v / self.steps for k, v in self.sums.items()}, **extra,
+                  "samples_per_second": self.steps * self.global_batch / max(self.seconds, 1e-9)}
+        self.sums, self.steps, self.seconds = {}, 0, 0.0
+        return record
+
+
+def _tracker_config(resolved: dict[str, Any]) -> dict[str, Any]:
+    # TensorBoard's hparams accept only scalars and strings.
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in resolved.items()}
+
+
+def _check_launch(accelerator: Accelerator) -> None:
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"{launched} processes were launched but Accelerate runs each alone (no GPU per process?): every "
+            "process would train the whole run by itself. On CPUs launch with ACCELERATE_USE_CPU=true "
+            "`accelerate launch --multi_gpu --num_processes N ...` (gloo), see the training README."
+        )
+
+
+def _read_history(path: Path, up_to_step: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row["step"] <= up_to_step]
+
+
+def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> TrainingResult:
+    """Runs (or resumes) one training run; see the module docstring for the order of the steps."""
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=config.trackers or None,
+        project_dir=config.output_dir,
+        dynamo_backend="inductor" if config.torch_compile else "no",
+    )
+    _check_launch(accelerator)
+    global_batch, per_device = resolve_batch_sizes(config, accelerator.num_processes)
+    if config.sync_batchnorm and accelerator.device.type != "cuda":
+        raise ConfigError("sync_batchnorm needs GPUs (torch SyncBatchNorm does not run on CPU); use freeze_batchnorm.")
+    output_dir = Path(config.output_dir)
+
+    # Data and teachers, validated before any model is built.
+    with accelerator.main_process_first():
+        dataset = load_train_dataset(config)
+    teachers = None
+    if config.mode == "online":
+        with accelerator.main_process_first():
+            teachers = OnlineTeachers(config.teachers, accelerator.device, config.mixed_precision)
+    spec = validate_dataset(dataset, config, teachers.dims if teachers else None)
+    kd_weight = config.resolved_kd_weight()
+    teacher_scales = [] if config.mode == "clip" else (
+        config.teacher_logit_scales or [DEFAULT_TEACHER_LOGIT_SCALE] * len(spec.teacher_dims))
+    resolved = {
+        **config.to_dict(),
+        "global_batch_size_resolved": global_batch,
+        "per_device_batch_size_resolved": per_device,
+        "num_processes": accelerator.num_processes,
+        "kd_weight_resolved": kd_weight,
+        "teachers_resolved": [] if config.mode == "clip" else spec.teacher_specs,
+        "teacher_dims_resolved": [] if config.mode == "clip" else spec.teacher_dims,
+        "teacher_logit_scales_resolved": teacher_scales,
+        "use_synthetic_captions_resolved": spec.use_synthetic_captions,
+    }
+    evaluation = PeriodicEvaluation(config, accelerator) if config.eval_data else None
+
+    # Model and optimizer. Seeding right here makes the initial weights independent of what loaded before
+    # (random-weight teachers, datasets), so every mode and process count starts from the same student.
+    set_seed(config.seed)
+    model, processor = build_model_and_processor(config)
+    if config.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+    if config.sync_batchnorm and accelerator.num_processes > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay), lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped: MobileCLIPModel = accelerator.unwrap_model(model)
+    state = TrainingState()
+    accelerator.register_for_checkpointing(state)
+
+    resume_path = resolve_resume_path(config)
+    if resume_path is not None:
+        check_resume_compatible(resume_path, resolved)
+        accelerator.load_state(str(resume_path))
+        accelerator.print(f"Resumed from {resume_path} at step {state.step}.")
+    history = []
+    if accelerator.is_main_process:
+        # Steps logged after the checkpoint by an interrupted run are redone: drop them from the log.
+        history = _read_history(output_dir / HISTORY_FILE, state.step)
+        if history or (output_dir / HISTORY_FILE).exists():
+            (output_dir / HISTORY_FILE).write_text("".join(json.dumps(row) + "\n" for row in history))
+
+    samples = TrainingSamples(dataset, config, spec, unwrapped.config.image_size, unwrapped.config.resample,
+                              processor.tokenizer, keep_text=teachers is not None)
+    loader, sampler = build_train_dataloader(
+        samples, Collator(processor.tokenizer, keep_text=teachers is not None), config, global_batch,
+        accelerator.process_index, accelerator.num_processes, state.step,
+    )
+    loss_fn = ReinforcedCLIPLoss(
+        kd_weight, spec.teacher_dims if kd_weight else (), teacher_scales if kd_weight else (),
+        local_loss=config.local_loss, rank=accelerator.process_index, world_size=accelerator.num_processes,
+    )
+    mean = torch.tensor(unwrapped.config.image_mean, device=accelerator.device).view(1, 3, 1, 1)
+    std = torch.tensor(unwrapped.config.image_std, device=accelerator.device).view(1, 3, 1, 1)
+
+    def normalize(views: torch.Tensor) -> torch.Tensor:
+        return normalize_views(views, mean, std, config.channels_last)
+
+    accelerator.print(
+        f"mode {config.mode} | {config.variant} | {spec.num_rows} rows, {sampler.steps_per_epoch} steps/epoch | "
+        f"global batch {global_batch} = {accelerator.num_processes} x {per_device} | lambda {kd_weight} | "
+        f"teachers {resolved['teachers_resolved']} (scales {teacher_scales}) | "
+        f"synthetic captions {spec.use_synthetic_captions} | {config.max_steps} steps"
+    )
+    if config.trackers:
+        accelerator.init_trackers(config.project_name, config=_tracker_config(resolved),
+                                  init_kwargs={"wandb": {"name": config.run_name}} if config.run_name else {})
+
+    set_train_mode(model, config.freeze_batchnorm)
+    progress = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
+                    desc="training", dynamic_ncols=True)
+    max_log_scale = math.log(config.logit_scale_max)
+    window = MetricsWindow(global_batch)
+    metrics: dict[str, Any] = {}
+    tick = time.perf_counter()
+    for batch in loader if state.step < config.max_steps else ():
+        lr = learning_rate_at(state.step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = {k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        losses = training_losses(model, batch, loss_fn, unwrapped.logit_scale, normalize, teachers)
+        accelerator.backward(losses["loss"])
+        if on_gradients is not None:
+            on_gradients(state.step, unwrapped, losses)
+        grad_norm = None
+        if config.max_grad_norm:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            unwrapped.logit_scale.clamp_(0.0, max_log_scale)
+        state.step += 1
+
+        logged = torch.stack([losses["loss"].detach(), losses["clip_loss"], losses["distill_loss"]])
+        reduced = accelerator.reduce(logged, reduction="mean").tolist()
+        step_metrics = dict(zip(("loss", "clip_loss", "distill_loss"), reduced))
+        if grad_norm is not None:
+            step_metrics["grad_norm"] = float(grad_norm)
+        window.add(step_metrics, time.perf_counter() - tick)
+        if state.step % config.logging_steps == 0 or state.step == config.max_steps:
+            record = window.flush(state.step, lr=lr, logit_scale=float(unwrapped.logit_scale.detach().exp()))
+            history.append(record)
+            accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
+            if accelerator.is_main_process:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                with open(output_dir / HISTORY_FILE, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                                 samples_s=f"{record['samples_per_second']:.1f}")
+        progress.update(1)
+
+        if config.save_steps and state.step % config.save_steps == 0 and state.step < config.max_steps:
+            save_checkpoint(accelerator, output_dir, state.step, resolved, config.save_total_limit)
+        if evaluation is not None and config.eval_steps and state.step % config.eval_steps == 0 \
+                and state.step < config.max_steps:
+            metrics = evaluation(unwrapped, processor)
+            set_train_mode(model, config.freeze_batchnorm)
+            accelerator.log(metrics, step=state.step)
+            accelerator.print(f"step {state.step}: {metrics}")
+        if state.step >= config.max_steps:
+            break
+        tick = time.perf_counter()  # samples/s counts training (data included), not checkpoints or evaluation
+    progress.close()
+
+    if evaluation is not None:
+        metrics = evaluation(unwrapped, processor)
+        accelerator.log(metrics, step=state.step)
+        accelerator.print(f"final: {metrics}")
+    if history:
+        metrics = {"train/loss": history[-1]["loss"], "train/samples_per_second": history[-1]["samples_per_second"],
+                   **metrics}
+    model_dir = output_dir / "model"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        from training.hub import push_folder, save_trained_model
+
+        save_trained_model(unwrapped, processor, model_dir, resolved, metrics, config.save_reparameterized)
+        if config.push_to_hub:
+            url = push_folder(model_dir, config.hub_model_id, config.hub_private,
+                              f"MobileCLIP {config.variant}, {config.mode} training, step {state.step}")
+            accelerator.print(f"Pushed to {url}")
+    # Waiting before end_training avoids a rare gloo abort at interpreter exit on multi-process CPU runs.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainingResult(step=state.step, history=history, metrics=metrics, model_dir=model_dir)
+
+
+def main(argv: list[str] | None = None, on_gradients: OnGradients | None = None) -> TrainingResult:
+    """Command-line entry point (`accelerate launch training/train.py --config ... [--key value]`)."""
+    return train(parse_args(argv), on_gradients)
+
+
+if __name__ == "__main__":
+    main()
