@@ -24,7 +24,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,22 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accelerate import Accelerator  # noqa: E402
 
+from evaluation.latency import OPEN_CLIP_PEERS, seconds_per_call  # noqa: E402
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel  # noqa: E402
 from training.losses import ReinforcedCLIPLoss  # noqa: E402
 from training.train import OnlineTeachers, normalize_views, parameter_groups, training_losses  # noqa: E402
 
 
-OPEN_CLIP_NAMES = {
-    "mobileclip-s1": "MobileCLIP-S1",
-    "mobileclip-s2": "MobileCLIP-S2",
-    "mobileclip-b": "MobileCLIP-B",
-    "mobileclip2-s0": "MobileCLIP2-S0",
-    "mobileclip2-s2": "MobileCLIP2-S2",
-    "mobileclip2-b": "MobileCLIP2-B",
-    "mobileclip2-s3": "MobileCLIP2-S3",
-    "mobileclip2-s4": "MobileCLIP2-S4",
-    "mobileclip2-l-14": "MobileCLIP2-L-14",
-}
 CAPTIONS = ["a photo of a dog playing in the snow", "an emoji of a smiling face with sunglasses",
             "two people riding bicycles along a river at sunset", "a bowl of ramen with an egg"]
 
@@ -83,13 +72,11 @@ def make_batch(config: MobileCLIPConfig, batch_size: int, teacher_dims: list[int
     return batch
 
 
-class OurStep:
-    """One step of `training/train.py`'s loop (same functions), in mode `reinforced`, `clip`, `clip-gt` or `online`."""
+class TrainingStep:
+    """What both sides of a comparison share, so that only the model and loss differ: AdamW over
+    `training/train.py`'s parameter groups, Accelerate, optional channels-last and torch.compile, and the update."""
 
-    def __init__(self, variant: str, mode: str, accelerator: Accelerator, batch: dict, teacher_dims: list[int],
-                 teachers: OnlineTeachers | None, channels_last: bool, compile_model: bool, seed: int = 0):
-        torch.manual_seed(seed)
-        model = MobileCLIPModel(MobileCLIPConfig.from_variant(variant))
+    def _prepare(self, model: torch.nn.Module, accelerator: Accelerator, channels_last: bool, compile_model: bool):
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(parameter_groups(model, 0.2), lr=1e-4, betas=(0.9, 0.95), eps=1e-6)
@@ -97,6 +84,26 @@ class OurStep:
         if compile_model:
             self.model = torch.compile(self.model)
         self.accelerator, self.unwrapped = accelerator, accelerator.unwrap_model(self.model)
+
+    def _update(self, loss: torch.Tensor) -> float:
+        """Backward, gradient clipping, AdamW step, logit-scale clamp (as `training/train.py`); returns the loss."""
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.unwrapped.logit_scale.clamp_(0, math.log(100))
+        return loss.item()
+
+
+class OurStep(TrainingStep):
+    """One step of `training/train.py`'s loop (same functions), in mode `reinforced`, `clip`, `clip-gt` or `online`."""
+
+    def __init__(self, variant: str, mode: str, accelerator: Accelerator, batch: dict, teacher_dims: list[int],
+                 teachers: OnlineTeachers | None, channels_last: bool, compile_model: bool, seed: int = 0):
+        torch.manual_seed(seed)
+        self._prepare(MobileCLIPModel(MobileCLIPConfig.from_variant(variant)), accelerator, channels_last,
+                      compile_model)
         kd_weight = 0.0 if mode.startswith("clip") else 1.0
         self.loss_fn = ReinforcedCLIPLoss(kd_weight, teacher_dims if kd_weight else (),
                                           [100.0] * len(teacher_dims) if kd_weight else ())
@@ -113,16 +120,10 @@ class OurStep:
     def __call__(self) -> float:
         losses = training_losses(self.model, self.batch, self.loss_fn, self.unwrapped.logit_scale, self.normalize,
                                  self.teachers)
-        self.accelerator.backward(losses["loss"])
-        self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            self.unwrapped.logit_scale.clamp_(0, math.log(100))
-        return losses["loss"].item()
+        return self._update(losses["loss"])
 
 
-class OpenCLIPStep:
+class OpenCLIPStep(TrainingStep):
     """open_clip's training step for the same architecture: `model(images, texts)` + `ClipLoss`, AdamW."""
 
     def __init__(self, variant: str, accelerator: Accelerator, batch: dict, channels_last: bool, compile_model: bool,
@@ -131,49 +132,26 @@ class OpenCLIPStep:
         from open_clip.loss import ClipLoss
 
         torch.manual_seed(seed)
-        model = open_clip.create_model(OPEN_CLIP_NAMES[variant], pretrained=None)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(parameter_groups(model, 0.2), lr=1e-4, betas=(0.9, 0.95), eps=1e-6)
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        if compile_model:
-            self.model = torch.compile(self.model)
-        self.accelerator, self.loss_fn = accelerator, ClipLoss()
-        self.unwrapped = accelerator.unwrap_model(self.model)
+        self._prepare(open_clip.create_model(OPEN_CLIP_PEERS[variant], pretrained=None), accelerator, channels_last,
+                      compile_model)
+        self.loss_fn = ClipLoss()
         pixels = batch["pixel_values"].float() / 255.0
         self.images = pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
         self.texts = batch["input_ids"]
 
     def __call__(self) -> float:
         image_features, text_features, logit_scale = self.model(self.images, self.texts)
-        loss = self.loss_fn(image_features.float(), text_features.float(), logit_scale)
-        self.accelerator.backward(loss)
-        self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            self.unwrapped.logit_scale.clamp_(0, math.log(100))
-        return loss.item()
+        return self._update(self.loss_fn(image_features.float(), text_features.float(), logit_scale))
 
 
 def timed_pair(first, second, repeats: int, warmup: int, device: torch.device) -> tuple[float, float]:
     """Median seconds per step of two step functions, timed alternately."""
-
-    def once(step) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     for _ in range(warmup):
         first(), second()
     times_first, times_second = [], []
     for _ in range(repeats):
-        times_first.append(once(first))
-        times_second.append(once(second))
+        times_first.append(seconds_per_call(device, first))
+        times_second.append(seconds_per_call(device, second))
     return statistics.median(times_first), statistics.median(times_second)
 
 
@@ -233,7 +211,7 @@ def main(argv=None) -> dict:
         report("online/reinforced", "online", "reinforced",
                *timed_pair(online, reinforced, args.repeats, args.warmup, device))
         del online, teachers
-    if "open_clip" not in skip and args.variant in OPEN_CLIP_NAMES:
+    if "open_clip" not in skip and args.variant in OPEN_CLIP_PEERS:
         ours = OurStep(args.variant, "clip-gt", accelerator, batch, teacher_dims, None, **flags)
         peer = OpenCLIPStep(args.variant, accelerator, batch, **flags)
         ours_s, peer_s = timed_pair(ours, peer, args.repeats, args.warmup, device)

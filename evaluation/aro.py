@@ -39,20 +39,8 @@ from accelerate import Accelerator
 from PIL import Image
 
 from .common import (
-    DATA_DIR,
-    EvaluationInputError,
-    build_dataloader,
-    encode_images,
-    encode_texts,
-    format_metrics,
-    load_model_and_processor,
-    make_accelerator,
-    model_name,
-    preprocess_images,
-    progress,
-    results_record,
-    tokenize,
-    write_json,
+    DATA_DIR, EvaluationInputError, build_dataloader, encode_images, encode_texts, load_model_and_processor,
+    make_accelerator, preprocess_images, progress, report_results, tokenize
 )
 
 
@@ -263,13 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = load_model_and_processor(args.model, accelerator)
     scores = score_cases(model, processor, cases, accelerator, args.batch_size, args.num_workers)
     metrics = aro_metrics(args.task, cases, scores)
-    if accelerator.is_main_process:
-        print(f"ARO {args.task} ({len(cases)} cases):")
-        print(format_metrics(metrics))
-        if args.output:
-            record = results_record(f"aro/{args.task}", model_name(model, args.model), args.model, "image_caption_selection", metrics)
-            print(f"Wrote {write_json(args.output, record)}")
-    accelerator.wait_for_everyone()
+    report_results(accelerator, model, args, f"ARO {args.task} ({len(cases)} cases):", metrics,
+                   "image_caption_selection", dataset=f"aro/{args.task}")
     return metrics
 
 

@@ -28,12 +28,15 @@ class EvaluationInputError(ValueError):
     """Input that cannot be evaluated: a missing column, class names of the wrong length, an empty split, ..."""
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by the zero-shot, retrieval and suite commands."""
+def evaluation_parser(description: str) -> argparse.ArgumentParser:
+    """The argument parser of the zero-shot, retrieval and suite commands: `description` (the module docstring) as
+    help, and the arguments they share."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="saved model folder or Hub id (AutoModel + AutoProcessor)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch and process (default 64)")
     parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process (default 4)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if an accelerator is available")
+    return parser
 
 
 def make_accelerator(cpu: bool = False) -> Accelerator:
@@ -129,11 +132,15 @@ class IndexedRows(torch.utils.data.Dataset):
         return index, self.dataset[index]
 
 
-def load_metric(name: str, config_name: str | None = None):
-    """Loads one of our `evaluate` modules from `evaluation/metrics/<name>` (offline, by path)."""
+def load_metric(name: str, config_name: str | None = None, accelerator: Accelerator | None = None):
+    """Loads one of our `evaluate` modules from `evaluation/metrics/<name>` (offline, by path). With `accelerator`,
+    the processes load it one after the other: `evaluate`'s module cache takes one writer at a time."""
     import evaluate
 
-    return evaluate.load(str(METRICS_DIR / name), config_name, keep_in_memory=True)
+    if accelerator is None:
+        return evaluate.load(str(METRICS_DIR / name), config_name, keep_in_memory=True)
+    with accelerator.main_process_first():
+        return evaluate.load(str(METRICS_DIR / name), config_name, keep_in_memory=True)
 
 
 def results_record(dataset: str, model: str, pretrained: str, task: str, metrics: dict, **extra) -> dict:
@@ -159,6 +166,20 @@ def format_metrics(metrics: dict) -> str:
         if isinstance(value, float):
             lines.append(f"  {name}: {'nan' if math.isnan(value) else f'{100 * value:.2f}'}")
     return "\n".join(lines)
+
+
+def report_results(accelerator: Accelerator, model: torch.nn.Module, args: argparse.Namespace, headline: str,
+                   metrics: dict, task: str, dataset: str | None = None) -> None:
+    """How an evaluation command ends: the main process prints `headline` and the metrics and, with `--output`,
+    writes them as a CLIP_benchmark record of `task` on `dataset` (default `--dataset`) for `--model`; then every
+    process waits, so none exits before the file is written."""
+    if accelerator.is_main_process:
+        print(headline)
+        print(format_metrics(metrics))
+        if args.output:
+            record = results_record(dataset or args.dataset, model_name(model, args.model), args.model, task, metrics)
+            print(f"Wrote {write_json(args.output, record)}")
+    accelerator.wait_for_everyone()
 
 
 def build_dataloader(dataset, collate: Callable, batch_size: int, num_workers: int, accelerator: Accelerator):

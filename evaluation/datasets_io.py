@@ -17,6 +17,7 @@ They are read here with the `webdataset` builder of `datasets`, shards in numeri
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import datasets
+from accelerate import Accelerator
 
 from .common import DATA_DIR, EvaluationInputError
 
@@ -81,6 +83,20 @@ def load_eval_dataset(spec: str, split: str = "test", config: str | None = None)
             raise EvaluationInputError(f"{spec} has no split {split!r} ({error}). Pass --split.") from error
         raise
     return _checked(EvalDataset(dataset, spec), split)
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--dataset`, `--config` and `--split`: the one dataset the zero-shot and retrieval commands evaluate."""
+    parser.add_argument("--dataset", required=True, help="load_dataset spec, data file or WebDataset mirror")
+    parser.add_argument("--config", default=None, help="dataset configuration name (e.g. 'twitter' for the emoji set)")
+    parser.add_argument("--split", default="test")
+
+
+def load_dataset_from_arguments(args: argparse.Namespace, accelerator: Accelerator) -> EvalDataset:
+    """The split named by `add_dataset_arguments`' options. The main process loads it first, filling the `datasets`
+    cache that the other processes then read, instead of all of them downloading and preparing it at once."""
+    with accelerator.main_process_first():
+        return load_eval_dataset(args.dataset, args.split, args.config)
 
 
 def _is_wds_folder(root: Path, split: str) -> bool:

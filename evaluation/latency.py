@@ -25,7 +25,8 @@ import torch
 from .common import write_json
 
 
-# Our variant name -> open_clip model name (architecture only; weights stay random).
+# Our variant name -> open_clip model name (architecture only; weights stay random). Also the peers of
+# `benchmarks/bench_train_step.py`.
 OPEN_CLIP_PEERS = {
     "mobileclip-s1": "MobileCLIP-S1",
     "mobileclip-s2": "MobileCLIP-S2",
@@ -52,6 +53,7 @@ class Peer:
     encode_image: Callable[[torch.Tensor], torch.Tensor]
     encode_text: Callable[[torch.Tensor], torch.Tensor] | None
     same_weights: bool = True  # False with --model: the peer keeps random weights, outputs are not comparable
+    text_same_weights: bool | None = None  # None: as same_weights; False: a text peer of random weights (MCt)
 
 
 def build_models(variant: str | None, model_id: str | None) -> tuple[torch.nn.Module, Peer]:
@@ -91,10 +93,11 @@ def build_models(variant: str | None, model_id: str | None) -> tuple[torch.nn.Mo
             peer = Peer(f"timm {vision.backbone} (image tower only)", backbone, backbone, None,
                         same_weights=model_id is None)
         else:
-            # Random weights of the same shapes: compares speed only (same_weights=False skips the output check).
+            # The text peer has random weights of the same shapes: speed only, no output check for text.
             modules = torch.nn.ModuleDict({"image": backbone, "text": text_peer})
             peer = Peer(f"timm {vision.backbone} + transformers Sam3LiteText (MCt)", modules, backbone,
-                        lambda input_ids: text_peer(input_ids=input_ids).pooler_output, same_weights=False)
+                        lambda input_ids: text_peer(input_ids=input_ids).pooler_output,
+                        same_weights=model_id is None, text_same_weights=False)
     return ours, peer
 
 
@@ -130,11 +133,13 @@ def example_inputs(model: torch.nn.Module, batch_size: int, device: torch.device
     return pixel_values.to(device, dtype), input_ids.to(device)
 
 
-def _timed(function: Callable, argument: torch.Tensor, device: torch.device) -> float:
+def seconds_per_call(device: torch.device, function: Callable, *arguments) -> float:
+    """Wall-clock seconds of `function(*arguments)` on `device`."""
+    # CUDA runs kernels asynchronously: synchronising before and after times the work, not just its launch.
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    function(argument)
+    function(*arguments)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
@@ -154,9 +159,9 @@ def measure(ours_fn: Callable, peer_fn: Callable | None, argument: torch.Tensor,
             peer_fn(argument)
     ours_times, peer_times = [], []
     for _ in range(runs):
-        ours_times.append(_timed(ours_fn, argument, device))
+        ours_times.append(seconds_per_call(device, ours_fn, argument))
         if peer_fn is not None:
-            peer_times.append(_timed(peer_fn, argument, device))
+            peer_times.append(seconds_per_call(device, peer_fn, argument))
     return statistics.median(ours_times), statistics.median(peer_times) if peer_times else None, max_diff
 
 
@@ -182,7 +187,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], str]:
         pixel_values, input_ids = example_inputs(ours, batch_size, device, dtype)
         for encoder, argument in (("image", pixel_values), ("text", input_ids)):
             ours_fn, peer_fn = encoders[encoder]
-            ours_s, peer_s, max_diff = measure(ours_fn, peer_fn, argument, device, args.runs, args.warmup, peer.same_weights)
+            compare = peer.same_weights if encoder == "image" or peer.text_same_weights is None else peer.text_same_weights
+            ours_s, peer_s, max_diff = measure(ours_fn, peer_fn, argument, device, args.runs, args.warmup, compare)
             rows.append({
                 "encoder": encoder, "batch_size": batch_size, "ours_ms": 1000 * ours_s,
                 "peer_ms": None if peer_s is None else 1000 * peer_s,

@@ -23,25 +23,12 @@ import torch
 from accelerate import Accelerator
 
 from .common import (
-    IndexedRows,
-    add_common_arguments,
-    build_dataloader,
-    encode_images,
-    encode_texts,
-    format_metrics,
-    gather_ragged,
-    load_metric,
-    load_model_and_processor,
-    make_accelerator,
-    model_name,
-    preprocess_images,
-    progress,
-    results_record,
-    row_images,
-    tokenize,
-    write_json,
+    IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, gather_ragged, load_metric,
+    load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, row_images, tokenize
 )
-from .datasets_io import EvalDataset, captions_of, load_eval_dataset, require_columns, require_image_column
+from .datasets_io import (
+    EvalDataset, add_dataset_arguments, captions_of, load_dataset_from_arguments, require_columns, require_image_column
+)
 
 
 @dataclass
@@ -115,37 +102,24 @@ def prepare_retrieval(
     return image_column, read_captions(loaded, caption_column)
 
 
-def evaluate_retrieval(
-    model: torch.nn.Module,
-    processor: Any,
-    loaded: EvalDataset,
-    accelerator: Accelerator,
-    image_column: str | None = None,
-    caption_column: str | None = None,
-    recall_k: Sequence[int] = (1, 5, 10),
-    batch_size: int = 64,
-    num_workers: int = 0,
-    prepared: tuple[str, list[list[str]]] | None = None,
-) -> RetrievalResult:
+def evaluate_retrieval(model: torch.nn.Module, processor: Any, loaded: EvalDataset, accelerator: Accelerator,
+                       image_column: str | None = None, caption_column: str | None = None,
+                       recall_k: Sequence[int] = (1, 5, 10), batch_size: int = 64, num_workers: int = 0,
+                       prepared: tuple[str, list[list[str]]] | None = None) -> RetrievalResult:
     """Runs retrieval on a loaded dataset; metrics are computed by the `retrieval_recall` module."""
     image_column, captions = prepared or prepare_retrieval(loaded, image_column, caption_column)
     images, texts, image_of_text = embed_pairs(
         model, processor, loaded.dataset, image_column, captions, accelerator, batch_size, num_workers
     )
-    with accelerator.main_process_first():  # one writer at a time in evaluate's module cache
-        metric = load_metric("retrieval_recall")
-    metrics = metric.compute(
+    metrics = load_metric("retrieval_recall", accelerator=accelerator).compute(
         predictions=(texts @ images.t()).numpy(), references=image_of_text.numpy(), k_values=list(recall_k)
     )
     return RetrievalResult(metrics, images, texts, image_of_text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--dataset", required=True, help="load_dataset spec, data file or WebDataset mirror")
-    parser.add_argument("--config", default=None, help="dataset configuration name (e.g. 'twitter' for the emoji set)")
-    parser.add_argument("--split", default="test")
+    parser = evaluation_parser(__doc__)
+    add_dataset_arguments(parser)
     parser.add_argument("--image-column", default=None, help="default 'image' (WebDataset mirrors: webp/png/jpg)")
     parser.add_argument("--caption-column", default=None, help="default 'caption' (WebDataset mirrors: txt)")
     parser.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10])
@@ -157,21 +131,15 @@ def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; returns the metrics."""
     args = parse_args(argv)
     accelerator = make_accelerator(args.cpu)
-    with accelerator.main_process_first():
-        loaded = load_eval_dataset(args.dataset, args.split, args.config)
+    loaded = load_dataset_from_arguments(args, accelerator)
     prepared = prepare_retrieval(loaded, args.image_column, args.caption_column)
     model, processor = load_model_and_processor(args.model, accelerator)
     result = evaluate_retrieval(
         model, processor, loaded, accelerator, recall_k=args.recall_k, batch_size=args.batch_size,
         num_workers=args.num_workers, prepared=prepared,
     )
-    if accelerator.is_main_process:
-        print(f"Retrieval on {args.dataset} ({len(result.image_embeddings)} images, {len(result.text_embeddings)} captions):")
-        print(format_metrics(result.metrics))
-        if args.output:
-            record = results_record(args.dataset, model_name(model, args.model), args.model, "zeroshot_retrieval", result.metrics)
-            print(f"Wrote {write_json(args.output, record)}")
-    accelerator.wait_for_everyone()
+    headline = f"Retrieval on {args.dataset} ({len(result.image_embeddings)} images, {len(result.text_embeddings)} captions):"
+    report_results(accelerator, model, args, headline, result.metrics, "zeroshot_retrieval")
     return result.metrics
 
 

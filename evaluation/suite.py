@@ -28,20 +28,9 @@ import torch
 from accelerate import Accelerator
 
 from .common import (
-    EvaluationInputError,
-    IndexedRows,
-    add_common_arguments,
-    build_dataloader,
-    encode_images,
-    encode_texts,
-    load_model_and_processor,
-    make_accelerator,
-    model_name,
-    preprocess_images,
-    progress,
-    results_record,
-    tokenize,
-    write_json,
+    EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser,
+    load_model_and_processor, make_accelerator, model_name, preprocess_images, progress, results_record, tokenize,
+    write_json
 )
 from .datasets_io import EvalDataset, load_eval_dataset, require_columns
 from .retrieval import evaluate_retrieval
@@ -292,8 +281,7 @@ def select_tasks(suite: str, keys: list[str] | None) -> tuple[SuiteTask, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
+    parser = evaluation_parser(__doc__)
     parser.add_argument("--suite", default="datacomp38", choices=sorted(SUITES))
     parser.add_argument("--data-root", default=None, help="folder holding the task folders (wds_<task>_test, ...)")
     parser.add_argument("--tasks", nargs="+", default=None, help="evaluate only these task keys (default: all)")

@@ -26,34 +26,12 @@ import torch
 from accelerate import Accelerator
 
 from .common import (
-    EvaluationInputError,
-    IndexedRows,
-    add_common_arguments,
-    build_dataloader,
-    encode_images,
-    encode_texts,
-    format_metrics,
-    load_metric,
-    load_model_and_processor,
-    make_accelerator,
-    model_name,
-    preprocess_images,
-    progress,
-    results_record,
-    row_images,
-    tokenize,
-    write_json,
+    EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, load_metric,
+    load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, row_images, tokenize
 )
 from .datasets_io import (
-    EvalDataset,
-    check_templates,
-    class_prompts,
-    label_indices,
-    load_eval_dataset,
-    read_classnames,
-    read_templates,
-    require_columns,
-    require_image_column,
+    EvalDataset, add_dataset_arguments, check_templates, class_prompts, label_indices, load_dataset_from_arguments,
+    read_classnames, read_templates, require_columns, require_image_column
 )
 
 
@@ -114,23 +92,14 @@ class _ClassificationBatch:
 
 
 @torch.no_grad()
-def classify(
-    model: torch.nn.Module,
-    processor: Any,
-    classifier: torch.Tensor,
-    dataset: datasets.Dataset,
-    image_column: str,
-    labels: Sequence,
-    accelerator: Accelerator,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    extra_columns: Sequence[str] = (),
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits of every image against `classifier`, with labels and extra columns, gathered from all processes."""
-    rows = IndexedRows(dataset, [image_column, *extra_columns])
-    loader = build_dataloader(
-        rows, _ClassificationBatch(processor, image_column, labels, extra_columns), batch_size, num_workers, accelerator
-    )
+def classify(model: torch.nn.Module, processor: Any, classifier: torch.Tensor, task: ZeroShotTask,
+             accelerator: Accelerator, batch_size: int = 64, num_workers: int = 0,
+             extra_columns: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits of every image of `task` against `classifier`, with labels and extra columns, gathered from all
+    processes."""
+    rows = IndexedRows(task.loaded.dataset, [task.image_column, *extra_columns])
+    collate = _ClassificationBatch(processor, task.image_column, task.labels, extra_columns)
+    loader = build_dataloader(rows, collate, batch_size, num_workers, accelerator)
     logits, targets, extras = [], [], {column: [] for column in extra_columns}
     for batch in progress(loader, accelerator, "images"):
         # Same operation order as CLIP_benchmark (scale, then project): identical floats, identical rankings.
@@ -222,12 +191,9 @@ def run_zero_shot(
 ) -> ZeroShotResult:
     """Classifies every image of a prepared task; metrics come from the `zeroshot_accuracy` module."""
     classifier = build_classifier(model, processor, task.classnames, task.templates, accelerator)
-    logits, targets, extras = classify(
-        model, processor, classifier, task.loaded.dataset, task.image_column, task.labels, accelerator, batch_size,
-        num_workers, extra_columns,
-    )
-    with accelerator.main_process_first():  # one writer at a time in evaluate's module cache
-        metric = load_metric("zeroshot_accuracy", "multilabel" if task.multilabel else None)
+    logits, targets, extras = classify(model, processor, classifier, task, accelerator, batch_size, num_workers,
+                                       extra_columns)
+    metric = load_metric("zeroshot_accuracy", "multilabel" if task.multilabel else None, accelerator)
     metrics = metric.compute(predictions=logits.numpy(), references=targets.numpy())
     return ZeroShotResult(metrics, logits, targets, extras)
 
@@ -251,11 +217,8 @@ def evaluate_zero_shot(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--dataset", required=True, help="load_dataset spec, data file or WebDataset mirror")
-    parser.add_argument("--config", default=None, help="dataset configuration name (e.g. 'twitter' for the emoji set)")
-    parser.add_argument("--split", default="test")
+    parser = evaluation_parser(__doc__)
+    add_dataset_arguments(parser)
     parser.add_argument("--classnames", default=None, help="JSON list / {label: name} object, .txt, or 'imagenet1k'")
     parser.add_argument("--classnames-key", default=None, help="member of the --classnames JSON object to use")
     parser.add_argument("--templates", default=None, help="JSON list of templates with {c} (default: 80 OpenAI)")
@@ -271,18 +234,12 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = make_accelerator(args.cpu)
     classnames = read_classnames(args.classnames, args.classnames_key) if args.classnames else None
     templates = read_templates(args.templates) if args.templates else None
-    with accelerator.main_process_first():
-        loaded = load_eval_dataset(args.dataset, args.split, args.config)
-    task = prepare_zero_shot(loaded, args.image_column, args.label_column, classnames, templates)
+    task = prepare_zero_shot(load_dataset_from_arguments(args, accelerator), args.image_column, args.label_column,
+                             classnames, templates)
     model, processor = load_model_and_processor(args.model, accelerator)
     result = run_zero_shot(model, processor, task, accelerator, args.batch_size, args.num_workers)
-    if accelerator.is_main_process:
-        print(f"Zero-shot classification of {args.dataset} ({len(result.targets)} images, {result.logits.shape[1]} classes):")
-        print(format_metrics(result.metrics))
-        if args.output:
-            record = results_record(args.dataset, model_name(model, args.model), args.model, "zeroshot_classification", result.metrics)
-            print(f"Wrote {write_json(args.output, record)}")
-    accelerator.wait_for_everyone()
+    headline = f"Zero-shot classification of {args.dataset} ({len(result.targets)} images, {result.logits.shape[1]} classes):"
+    report_results(accelerator, model, args, headline, result.metrics, "zeroshot_classification")
     return result.metrics
 
 

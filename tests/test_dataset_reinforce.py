@@ -23,6 +23,7 @@ from dataset_scripts import reinforce as reinforce_module  # noqa: E402
 from dataset_scripts.augmentation import AugmentationParams, apply_augmentation  # noqa: E402
 from dataset_scripts.dr_format import load_reinforcement_metadata  # noqa: E402
 from dataset_scripts.teachers import Teacher, parse_model_spec  # noqa: E402
+from torch_threads import single_torch_thread  # noqa: E402,F401 (autouse fixture: one torch thread in this module)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMOJI = REPO_ROOT.parent / "shared" / "data" / "emoji" / "twitter.parquet"
@@ -45,15 +46,6 @@ TINY_CONFIGS = {
         "custom_text": True,
     },
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from PIL import Image
 
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
 from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
+from torch_threads import single_torch_thread  # noqa: F401 (re-exported: the test_eval_* modules import it from here)
 
 
 @pytest.fixture(scope="session")
@@ -29,15 +30,6 @@ def emoji_subset(tmp_path_factory, emoji_dir):
     path = tmp_path_factory.mktemp("emoji_subset") / "test.parquet"
     subset.to_parquet(str(path))
     return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads contend (10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # The colour model: an image embeds as its mean RGB colour, a text as the RGB of its first colour word, so cosine
