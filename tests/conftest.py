@@ -36,3 +36,21 @@ def emoji_dir() -> Path:
     if not EMOJI.is_dir():
         pytest.fail(f"Emoji dataset not found at {EMOJI}; set MOBILECLIP_SHARED to the shared folder.")
     return EMOJI
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """In-process runs share Accelerate's singletons: reset them so each run configures its own. One intra-op
+    thread, as in the subprocess runs: busy-waiting OpenMP threads on a shared 2-core box make steps 50x slower."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    def reset():
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    reset()
+    yield
+    torch.set_num_threads(threads)
+    reset()

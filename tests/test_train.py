@@ -82,24 +82,6 @@ def reinforced_data(tmp_path_factory) -> Path:
     return build_reinforced_dataset(tmp_path_factory.mktemp("reinforced"))
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """In-process runs share Accelerate's singletons: reset them so each run configures its own. One intra-op
-    thread, as in the subprocess runs: busy-waiting OpenMP threads on a shared 2-core box make steps 50x slower."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    def reset():
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    reset()
-    yield
-    torch.set_num_threads(threads)
-    reset()
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
