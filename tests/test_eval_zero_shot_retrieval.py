@@ -103,7 +103,10 @@ def test_two_cpu_processes_give_the_same_numbers(cli_inputs, one_process_results
         f"zero_shot.main({zs_args + ['--output', str(folder / 'zs2.json')]!r})\n"
         f"retrieval.main({rt_args + ['--output', str(folder / 'rt2.json')]!r})\n"
         # Guard against the silent failure mode: two independent single-process runs (hf_ecosystem.md section 5).
-        "state = PartialState()\nprint('distributed:', state.distributed_type, state.num_processes)\n"
+        # One file per rank: the two processes' stdout lines can interleave.
+        "state = PartialState()\n"
+        f"(__import__('pathlib').Path({str(folder)!r}) / f'rank{{state.process_index}}.txt')"
+        ".write_text(f'{state.distributed_type} {state.num_processes}')\n"
     )
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -111,7 +114,8 @@ def test_two_cpu_processes_give_the_same_numbers(cli_inputs, one_process_results
                "--main_process_port", str(_free_port()), str(driver)]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("distributed: DistributedType.MULTI_CPU 2") == 2, result.stdout[-2000:]
+    ranks = [(folder / f"rank{index}.txt").read_text() for index in range(2)]
+    assert ranks == ["DistributedType.MULTI_CPU 2"] * 2, (ranks, result.stdout[-2000:])
     zs_record, rt_record = one_process_results
     for one, two in ((zs_record, folder / "zs2.json"), (rt_record, folder / "rt2.json")):
         two = json.loads(two.read_text())
