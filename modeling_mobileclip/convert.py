@@ -106,9 +106,13 @@ def convert_apple_text(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
         elif match := re.match(r"^transformer\.(\d+)\.(.*)$", key):
             index, rest = match.groups()
             rest = _rename(rest, _APPLE_TEXT_LAYER_RULES)
-            if value.dim() == 4 and value.shape[2] == 1:  # (C, C_in, 1, k) conv over (1, L) -> Conv1d (C, C_in, k)
+            if re.match(r"^conv_ffn\.fc[12]\.weight$", rest):  # 1x1 conv (C_out, C_in, 1, 1) -> Linear
+                value = value.reshape(value.shape[0], -1)
+            elif value.dim() == 4 and value.shape[2] == 1:  # (C, C_in, 1, k) conv over (1, L) -> Conv1d (C, C_in, k)
                 value = value.squeeze(2)
-            elif rest.endswith("layer_scale") and value.dim() == 3:  # (C, 1, 1) -> (C, 1)
+            elif rest == "layer_scale":  # block scale (C, 1, 1), applied over (batch, length, C) -> (C,)
+                value = value.reshape(-1)
+            elif rest.endswith("layer_scale") and value.dim() == 3:  # token-mixer scale (C, 1, 1) -> (C, 1)
                 value = value.reshape(-1, 1)
             converted[f"text_model.layers.{index}.{rest}"] = value
         else:

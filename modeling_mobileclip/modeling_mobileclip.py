@@ -250,6 +250,7 @@ class MobileCLIPTextRepMixer(nn.Module):
 class MobileCLIPTextConvFFN(nn.Module):
     """Convolutional feed-forward of the text RepMixer block: depthwise (1, k) conv + BN, 1x1, GELU, 1x1.
 
+    Takes (batch, width, length) and returns (batch, length, width), the layout the residual add needs.
     `reparameterize()` folds the BatchNorm into the depthwise conv (exact in eval mode; Apple leaves it unfolded).
     """
 
@@ -257,15 +258,16 @@ class MobileCLIPTextConvFFN(nn.Module):
         super().__init__()
         self.dw_conv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=inference_mode)
         self.dw_bn = None if inference_mode else nn.BatchNorm1d(dim)
-        self.fc1 = nn.Conv1d(dim, hidden_dim, 1)
+        # The 1x1 convolutions run as Linear layers over (batch, length, width): the same math, faster GEMMs.
+        self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv1d(hidden_dim, dim, 1)
+        self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.dw_conv(hidden_states)
         if self.dw_bn is not None:
             hidden_states = self.dw_bn(hidden_states)
-        return self.fc2(self.act(self.fc1(hidden_states)))
+        return self.fc2(self.act(self.fc1(hidden_states.transpose(1, 2))))
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -301,12 +303,11 @@ class MobileCLIPTextRepMixerBlock(GradientCheckpointingLayer):
         )
         hidden = int(dim * config.repmixer_mlp_ratio)
         self.conv_ffn = MobileCLIPTextConvFFN(dim, hidden, kernel, inference_mode=config.reparameterized)
-        self.layer_scale = nn.Parameter(torch.full((dim, 1), config.layer_scale_init_value))
+        self.layer_scale = nn.Parameter(torch.full((dim,), config.layer_scale_init_value))
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        hidden_states = self.token_mixer(hidden_states.transpose(1, 2))
-        hidden_states = hidden_states + self.layer_scale * self.conv_ffn(hidden_states)
-        return hidden_states.transpose(1, 2)
+        mixed = self.token_mixer(hidden_states.transpose(1, 2))
+        return mixed.transpose(1, 2) + self.layer_scale * self.conv_ffn(mixed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
