@@ -501,11 +501,8 @@ class MobileCLIPPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             init.normal_(module.text_projection.weight, std=width**-0.5)
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = None, **kwargs):
-        if gradient_checkpointing_func is not None:
-            super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, **kwargs)
-        else:
-            super()._set_gradient_checkpointing(enable, **kwargs)
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
         # timm blocks checkpoint themselves (non-reentrant `torch.utils.checkpoint`).
         for module in self.modules():
             if isinstance(module, MobileCLIPVisionTower):
