@@ -4,15 +4,24 @@ Specs:
     open_clip:ARCH:TAG   an open_clip CoCa model, e.g. `open_clip:coca_ViT-L-14:mscoco_finetuned_laion2b_s13b_b90k`
                          (`none` as TAG = random weights, for tests)
     hf:PATH_OR_ID        a transformers image-to-text model (BLIP, GIT, VisionEncoderDecoder, ...)
+    column:NAME          no model: the source's own extra captions in column NAME (strings or lists of strings)
     none                 no captioner (K = 0)
 
 Captioning follows the paper and Apple's generator: nucleus sampling (top-p 0.9), keep the first sentence. The
 sampling RNG is seeded per batch, so captions are reproducible for a given seed and batch composition.
+
+`column:NAME` serves data with several ground-truth captions per image (COCO, the bundled emoji set): the
+synthetic-caption slots get the non-empty entries of NAME, after the first one when NAME is also the caption
+column (that one is the ground-truth caption), at most K of them; rows with fewer store fewer (see
+`dr_format`). K must be given (`--num-synthetic-captions`): it fixes the stored `text_emb` shape, and no default
+fits every dataset.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
+
+import datasets
 
 import torch
 from PIL import Image
@@ -136,17 +145,75 @@ def load_captioner(spec: str, device: torch.device, dtype: torch.dtype = torch.b
     """Build the captioner for a spec; `none` gives None (no synthetic captions)."""
     if spec.strip().lower() == "none":
         return None
+    if column_captioner_name(spec) is not None:
+        raise ValueError(f"Captioner {spec!r} is not a model: the reinforcement stream reads that column "
+                         "(see `column_captions`).")
     parsed = parse_model_spec(spec, role="captioner")
     cls = OpenCLIPCoCaCaptioner if parsed.kind == "open_clip" else HFCaptioner
     with seeded_by_spec(spec):
         return cls(parsed, device, dtype)
 
 
+def column_captioner_name(spec: str) -> str | None:
+    """NAME of a `column:NAME` captioner spec; None for any other spec."""
+    kind, sep, name = spec.strip().partition(":")
+    if kind != "column" or not sep:
+        return None
+    if not name.strip():
+        raise ValueError(f"Captioner spec {spec!r} names no column; use 'column:NAME' (e.g. column:captions).")
+    return name.strip()
+
+
 def check_captioner_spec(spec: str) -> None:
     """Validate a captioner spec without loading anything."""
-    if spec.strip().lower() != "none":
+    if spec.strip().lower() != "none" and column_captioner_name(spec) is None:
         parse_model_spec(spec, role="captioner")
 
 
-__all__ = ["Captioner", "HFCaptioner", "OpenCLIPCoCaCaptioner", "check_captioner_spec", "first_sentence",
-           "load_captioner"]
+def resolve_num_synthetic_captions(spec: str, requested: int | None) -> int:
+    """K for a captioner spec and the requested `--num-synthetic-captions` (None: not given)."""
+    if column_captioner_name(spec) is not None:
+        if requested is None or requested < 1:
+            raise ValueError(f"--captioner {spec} needs --num-synthetic-captions K >= 1 (got {requested}): K fixes "
+                             "the stored text_emb shape (1 + K rows); use the most extra captions a row has.")
+        return requested
+    if spec.strip().lower() == "none":
+        if requested:
+            raise ValueError(f"--num-synthetic-captions {requested} needs a captioner; got --captioner none.")
+        return 0
+    if requested is not None and requested < 0:
+        raise ValueError(f"--num-synthetic-captions must be >= 0, got {requested}.")
+    return 5 if requested is None else requested
+
+
+def check_text_column(features, column: str, flag: str) -> None:
+    """Fail unless `column` exists and holds strings or lists of strings; the message lists the columns."""
+    available = sorted(features) if features is not None else []
+    if column not in available:
+        raise ValueError(f"Source has no column {column!r} ({flag}); available columns: {available}.")
+    feature = features[column]
+    item = getattr(feature, "feature", feature)  # List(Value("string")) → Value("string")
+    if not (isinstance(item, datasets.Value) and item.dtype in ("string", "large_string")):
+        raise ValueError(f"Column {column!r} ({flag}) is {feature!r}, expected strings or lists of strings; "
+                         f"available columns: {available}.")
+
+
+def check_column_captioner(features, name: str, caption_column: str) -> None:
+    """Start-up checks of `column:NAME`: a text column, and one that can hold more than the caption itself."""
+    check_text_column(features, name, f"--captioner column:{name}")
+    if name == caption_column and not hasattr(features[name], "feature"):
+        raise ValueError(f"--captioner column:{name} reuses the caption column, but {name!r} holds one string per "
+                         "row: there are no further captions. Point it at a list-of-strings column.")
+
+
+def column_captions(value: Any, num_captions: int, same_as_caption: bool) -> list[str]:
+    """The synthetic captions a `column:NAME` captioner takes from one cell: its non-empty (stripped) entries, less
+    the first when NAME is the caption column (that one is the ground truth), the first `num_captions` of them."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    texts = [v.strip() for v in values if isinstance(v, str) and v.strip()]
+    return texts[1 if same_as_caption else 0:][:num_captions]
+
+
+__all__ = ["Captioner", "HFCaptioner", "OpenCLIPCoCaCaptioner", "check_captioner_spec", "check_column_captioner",
+           "check_text_column", "column_captioner_name", "column_captions", "first_sentence", "load_captioner",
+           "resolve_num_synthetic_captions"]

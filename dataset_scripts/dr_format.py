@@ -11,18 +11,23 @@ Columns (one row per source image):
     uid           string
     image         Image (the original encoded bytes, not re-encoded)
     caption       string, the ground-truth caption
-    syn_captions  list of K strings (synthetic captions)
+    syn_captions  list of up to K strings (synthetic captions)
     aug_params    list of N strings, each one augmentation in DataCompDR's compressed JSON form
     image_emb     float16 (N, D): teachers' embeddings of each augmented view
-    text_emb      float16 (1 + K, D): row 0 the ground-truth caption, rows 1..K the synthetic captions
+    text_emb      float16 (1 + K, D): row 0 the ground-truth caption, rows 1..len(syn_captions) the synthetic
+                  captions in order; rows beyond 1 + len(syn_captions) are zero
 
-D is the concatenation of the teachers' L2-normalised embeddings, in the order recorded in the card.
+D is the concatenation of the teachers' L2-normalised embeddings, in the order recorded in the card. A row has
+fewer than K synthetic captions when its source had fewer (the `column:NAME` captioner reuses a dataset's own
+extra captions, and images have 1 to many of them); the shape of `text_emb` stays fixed so that Arrow can store it
+as a fixed-shape array, hence the zero rows.
 Read with `datasets.load_dataset(DIR_OR_REPO)` (optionally `streaming=True`); `datasets` 5 runs no loading
 scripts, so the builder below is only the writing side.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -46,10 +51,13 @@ DATA_DIR = "data"
 
 @dataclass(frozen=True)
 class TeacherInfo:
-    """One teacher of the ensemble: its spec (e.g. `open_clip:ViT-L-14:openai`) and embedding dimension."""
+    """One teacher of the ensemble: its spec (e.g. `open_clip:ViT-L-14:openai`), embedding dimension and learned
+    logit scale exp(logit_scale) (None when unknown: converted data, models without one, cards written before the
+    scale was recorded)."""
 
     spec: str
     dim: int
+    logit_scale: float | None = None
 
 
 @dataclass
@@ -59,9 +67,9 @@ class ReinforcementMetadata:
     Args:
         teachers: Teachers in embedding order; `image_emb[:, offset:offset + dim]` belongs to each in turn.
         num_augmentations: N, stored augmentations (and image embeddings) per sample.
-        num_synthetic_captions: K, synthetic captions per sample.
+        num_synthetic_captions: K, the most synthetic captions a sample has (and `text_emb` has 1 + K rows).
         augmentation: How views were sampled; replay uses `augmentation.size` as the reference size.
-        captioner: Captioner spec, or "none".
+        captioner: Captioner spec (`column:NAME` for a dataset's own extra captions), or "none".
         seed: Run seed (None when unknown, e.g. for converted official data).
         source: What was reinforced (dataset id/path, split).
         shard_size: Source rows per output shard (part of the resume contract).
@@ -94,10 +102,16 @@ class ReinforcementMetadata:
     def teacher_dims(self) -> list[int]:
         return [t.dim for t in self.teachers]
 
+    @property
+    def teacher_logit_scales(self) -> list[float] | None:
+        """Each teacher's recorded learned logit scale, in teacher order; None unless every teacher has one."""
+        scales = [t.logit_scale for t in self.teachers]
+        return None if any(scale is None for scale in scales) else [float(scale) for scale in scales]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
-            "teachers": [{"spec": t.spec, "dim": t.dim} for t in self.teachers],
+            "teachers": [{"spec": t.spec, "dim": t.dim, "logit_scale": t.logit_scale} for t in self.teachers],
             "embedding_dim": self.embedding_dim,
             "num_augmentations": self.num_augmentations,
             "num_synthetic_captions": self.num_synthetic_captions,
@@ -115,7 +129,8 @@ class ReinforcementMetadata:
         if version > FORMAT_VERSION:
             raise ValueError(f"Dataset format version {version} is newer than this code supports ({FORMAT_VERSION}).")
         return cls(
-            teachers=[TeacherInfo(spec=t["spec"], dim=int(t["dim"])) for t in values["teachers"]],
+            teachers=[TeacherInfo(spec=t["spec"], dim=int(t["dim"]), logit_scale=_optional_float(t.get("logit_scale")))
+                      for t in values["teachers"]],
             num_augmentations=int(values["num_augmentations"]),
             num_synthetic_captions=int(values["num_synthetic_captions"]),
             augmentation=AugmentationConfig.from_dict(values.get("augmentation", {})),
@@ -127,11 +142,29 @@ class ReinforcementMetadata:
         )
 
     def resume_mismatches(self, other: "ReinforcementMetadata") -> list[str]:
-        """Settings that differ from `other` and would make appending to an existing output inconsistent."""
+        """Settings that differ from `other` and would make appending to an existing output inconsistent.
+
+        Teachers compare by spec and dim, and by logit scale only when both sides recorded one: outputs started
+        before the scale was recorded (no `logit_scale` in their metadata) must still resume, while two different
+        recorded scales mean the weights behind a spec changed (an overwritten folder, a new Hub revision). The
+        tolerance absorbs last-digit differences of exp() across devices and versions.
+        """
         mine, theirs = self.to_dict(), other.to_dict()
-        keys = ("teachers", "num_augmentations", "num_synthetic_captions", "augmentation", "captioner", "seed",
-                "shard_size")
-        return [f"{k}: existing {theirs[k]!r}, requested {mine[k]!r}" for k in keys if mine[k] != theirs[k]]
+        keys = ("num_augmentations", "num_synthetic_captions", "augmentation", "captioner", "seed", "shard_size")
+        mismatches = [f"{k}: existing {theirs[k]!r}, requested {mine[k]!r}" for k in keys if mine[k] != theirs[k]]
+        same_teachers = len(self.teachers) == len(other.teachers) and all(
+            (a.spec, a.dim) == (b.spec, b.dim)
+            and (a.logit_scale is None or b.logit_scale is None or math.isclose(a.logit_scale, b.logit_scale,
+                                                                                  rel_tol=1e-5))
+            for a, b in zip(self.teachers, other.teachers)
+        )
+        if not same_teachers:
+            mismatches.insert(0, f"teachers: existing {theirs['teachers']!r}, requested {mine['teachers']!r}")
+        return mismatches
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def reinforced_features(metadata: ReinforcementMetadata) -> Features:
@@ -164,15 +197,34 @@ def validate_example(example: dict[str, Any], metadata: ReinforcementMetadata) -
         ("image_emb", image_emb.shape, (n, dim)),
         ("text_emb", text_emb.shape, (1 + k, dim)),
         ("aug_params", (len(example["aug_params"]),), (n,)),
-        ("syn_captions", (len(example["syn_captions"]),), (k,)),
     ]
     for key, got, expected in checks:
         if tuple(got) != expected:
             raise ValueError(f"Sample {uid!r}: {key} has shape {tuple(got)}, expected {expected}.")
+    num_synthetic = len(example["syn_captions"])
+    if num_synthetic > k:
+        raise ValueError(f"Sample {uid!r}: syn_captions has {num_synthetic} captions, more than K = {k}.")
+    if text_emb[1 + num_synthetic:].any():
+        # Readers tell real rows from padding by len(syn_captions) only; nonzero padding means misaligned rows.
+        raise ValueError(f"Sample {uid!r}: text_emb rows {1 + num_synthetic}..{k} must be zero (the sample has "
+                         f"{num_synthetic} of K = {k} synthetic captions).")
     image = example["image"]
     if isinstance(image, (bytes, bytearray)):
         image = {"bytes": bytes(image), "path": None}
     return {**example, "image": image, "image_emb": image_emb, "text_emb": text_emb}
+
+
+def pack_text_embeddings(flat: np.ndarray, rows_per_sample: Sequence[int], num_synthetic: int) -> np.ndarray:
+    """(samples, 1 + K, D) `text_emb` from the caption embeddings of consecutive samples stacked as (rows, D):
+    sample i owns the next `rows_per_sample[i]` rows (its caption and synthetic captions); the rest are zero."""
+    packed = np.zeros((len(rows_per_sample), 1 + num_synthetic, flat.shape[-1]), dtype=flat.dtype)
+    offsets = np.cumsum([0, *rows_per_sample])
+    if offsets[-1] != len(flat) or max(rows_per_sample, default=1) > 1 + num_synthetic:
+        raise ValueError(f"Cannot pack {len(flat)} caption embeddings as rows {list(rows_per_sample)} of at most "
+                         f"1 + K = {1 + num_synthetic}.")
+    for i, count in enumerate(rows_per_sample):
+        packed[i, :count] = flat[offsets[i]: offsets[i + 1]]
+    return packed
 
 
 @dataclass
@@ -241,21 +293,27 @@ def write_parquet_shard(
 
 
 def _card_body(metadata: ReinforcementMetadata) -> str:
-    teachers = "\n".join(f"| {i} | `{t.spec}` | {t.dim} |" for i, t in enumerate(metadata.teachers))
+    teachers = "\n".join(
+        f"| {i} | `{t.spec}` | {t.dim} | {'-' if t.logit_scale is None else f'{t.logit_scale:.6g}'} |"
+        for i, t in enumerate(metadata.teachers)
+    )
     return f"""
 # Reinforced image-text dataset (DataCompDR format)
 
-Every image comes with {metadata.num_synthetic_captions} synthetic captions (captioner `{metadata.captioner}`),
-{metadata.num_augmentations} recorded augmentations and the float16 embeddings of a teacher ensemble for each
-augmented view and for each caption, as in MobileCLIP's multi-modal reinforced training (arXiv 2311.17049).
+Every image comes with up to {metadata.num_synthetic_captions} synthetic captions (captioner
+`{metadata.captioner}`), {metadata.num_augmentations} recorded augmentations and the float16 embeddings of a
+teacher ensemble for each augmented view and for each caption, as in MobileCLIP's multi-modal reinforced training
+(arXiv 2311.17049).
 
-| # | teacher | dim |
-|---|---|---|
+| # | teacher | dim | learned logit scale |
+|---|---|---|---|
 {teachers}
 
 `image_emb` is (N={metadata.num_augmentations}, D={metadata.embedding_dim}); `text_emb` is
-(1+K={1 + metadata.num_synthetic_captions}, D), row 0 for `caption`. D concatenates the teachers' L2-normalised
-embeddings in the order above. `aug_params[i]` is DataCompDR's compressed
+(1+K={1 + metadata.num_synthetic_captions}, D), row 0 for `caption`, rows 1..len(`syn_captions`) for the synthetic
+captions, zero rows beyond (a sample with fewer than K). D concatenates the teachers' L2-normalised embeddings in
+the order above; the learned logit scale is each teacher's exp(logit_scale), which training uses as the teacher's
+distillation temperature unless told otherwise. `aug_params[i]` is DataCompDR's compressed
 `[[top, left, h, w], [[op_index, magnitude], ...]]`.
 
 ```python
@@ -337,6 +395,7 @@ __all__ = [
     "TeacherInfo",
     "card_split_sizes",
     "load_reinforcement_metadata",
+    "pack_text_embeddings",
     "reinforced_features",
     "shard_filename",
     "validate_example",

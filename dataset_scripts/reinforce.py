@@ -11,8 +11,9 @@ rerun skips finished parts and resumes inside unfinished units, so an interrupte
 as an uninterrupted one. Bad samples (undecodable images, empty captions) are skipped and listed in
 `reinforce_report.json`.
 
-Decoding and augmentation run in DataLoader workers; the main process runs the captioner and the teachers
-(batched, under bf16 autocast by default) and hands finished parts to a writer thread.
+Decoding and augmentation run in DataLoader workers (which also read the captions of a `column:NAME` captioner);
+the main process runs the captioner and the teachers (batched, under bf16 autocast by default) and hands finished
+parts to a writer thread.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ import numpy as np
 import torch
 
 from .augmentation import AugmentationConfig, apply_augmentation, decode_rgb, sample_augmentation, sample_seed
-from .captioners import check_captioner_spec, load_captioner
+from .captioners import (check_captioner_spec, check_column_captioner, check_text_column, column_captioner_name,
+                         column_captions, load_captioner, resolve_num_synthetic_captions)
 from .dr_format import (
     REPORT_FILENAME,
     ReinforcementMetadata,
     TeacherInfo,
     card_split_sizes,
+    pack_text_embeddings,
     shard_filename,
     write_dataset_card,
     write_parquet_shard,
@@ -68,7 +71,8 @@ def load_source(source: str, split: str, config_name: str | None = None, streami
     return datasets.load_dataset(source, config_name, split=split, streaming=streaming)
 
 
-def check_columns(features, image_column: str, caption_column: str, uid_column: str | None) -> None:
+def check_columns(features, image_column: str, caption_column: str, uid_column: str | None,
+                  syn_column: str | None = None) -> None:
     """Fail before any model is loaded when a requested column is missing or has the wrong type."""
     available = sorted(features) if features is not None else []
     for flag, column in (("--image-column", image_column), ("--caption-column", caption_column),
@@ -77,11 +81,9 @@ def check_columns(features, image_column: str, caption_column: str, uid_column: 
             raise ValueError(f"Source has no column {column!r} ({flag}); available columns: {available}.")
     if not isinstance(features[image_column], datasets.Image):
         raise ValueError(f"Column {image_column!r} is {features[image_column]!r}, expected an Image feature.")
-    caption = features[caption_column]
-    caption = getattr(caption, "feature", caption)  # List(Value("string")) → Value("string")
-    if not (isinstance(caption, datasets.Value) and caption.dtype in ("string", "large_string")):
-        raise ValueError(f"Column {caption_column!r} is {features[caption_column]!r}, expected strings or lists "
-                         "of strings.")
+    check_text_column(features, caption_column, "--caption-column")
+    if syn_column is not None:
+        check_column_captioner(features, syn_column, caption_column)
 
 
 def default_uid_column(features) -> str | None:
@@ -139,6 +141,9 @@ class StreamSettings:
     image_column: str
     caption_column: str
     uid_column: str | None
+    syn_column: str | None = None
+    """`column:NAME` captioner: the column the synthetic captions come from (None: a model or no captioner)."""
+    num_synthetic_captions: int = 0
 
 
 class ReinforcementStream(torch.utils.data.IterableDataset):
@@ -195,7 +200,7 @@ class ReinforcementStream(torch.utils.data.IterableDataset):
     def _new_batch(self, unit: int, part: int, part_start: int) -> dict[str, Any]:
         return {"unit": unit, "part": part, "part_start": part_start, "rows_in_part": 0, "last_in_part": False,
                 "unit_finished": False, "uids": [], "captions": [], "images": [], "aug_params": [], "views": [],
-                "caption_pixels": [], "skipped": []}
+                "caption_pixels": [], "syn_captions": [], "skipped": []}
 
     def _add_example(self, batch: dict[str, Any], example: dict[str, Any], unit: int, row: int) -> None:
         settings = self.settings
@@ -224,6 +229,10 @@ class ReinforcementStream(torch.utils.data.IterableDataset):
         batch["images"].append(data)
         batch["aug_params"].append(params)
         batch["views"].append(torch.stack(views))
+        if settings.syn_column is not None:
+            batch["syn_captions"].append(column_captions(example.get(settings.syn_column),
+                                                         settings.num_synthetic_captions,
+                                                         settings.syn_column == settings.caption_column))
         if self.prepare_caption_image is not None:
             batch["caption_pixels"].append(self.prepare_caption_image(image))
 
@@ -357,7 +366,7 @@ class Reinforcer:
         count = len(batch["uids"])
         if not count:
             return []
-        syn = [[] for _ in range(count)]
+        syn = batch["syn_captions"] or [[] for _ in range(count)]  # filled by the stream for `column:NAME`
         if self.captioner is not None and self.num_captions:
             seed = sample_seed(self.seed, f"captions/{batch['unit']}/{batch['part']}/{batch_index}")
             syn = self._timed("captioner_s", self.captioner.generate, batch["caption_pixels"], self.num_captions,
@@ -369,7 +378,8 @@ class Reinforcer:
             image_parts.append(self._timed("teacher_s", self._embed, teacher.encode_images, views))
             text_parts.append(self._timed("teacher_s", self._embed, teacher.encode_texts, texts))
         image_emb = np.concatenate(image_parts, axis=1).reshape(count, len(views) // count, -1)
-        text_emb = np.concatenate(text_parts, axis=1).reshape(count, 1 + self.num_captions, -1)
+        text_emb = pack_text_embeddings(np.concatenate(text_parts, axis=1), [1 + len(c) for c in syn],
+                                        self.num_captions)
         self.timing.samples += count
         return [
             {"uid": batch["uids"][i], "image": {"bytes": batch["images"][i], "path": None},
@@ -407,11 +417,8 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
     for spec in teacher_specs:
         parse_model_spec(spec)
     check_captioner_spec(args.captioner)
-    num_captions = args.num_synthetic_captions
-    if num_captions is None:
-        num_captions = 0 if args.captioner.lower() == "none" else 5
-    if args.captioner.lower() == "none" and num_captions:
-        raise ValueError(f"--num-synthetic-captions {num_captions} needs a captioner; got --captioner none.")
+    syn_column = column_captioner_name(args.captioner)
+    num_captions = resolve_num_synthetic_captions(args.captioner, args.num_synthetic_captions)
     if args.num_augmentations < 1 or args.shard_size < 1 or args.batch_size < 1:
         raise ValueError("--num-augmentations, --shard-size and --batch-size must be >= 1.")
     for config_path in args.open_clip_model_config or []:
@@ -423,8 +430,9 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
     output, split = Path(args.output), split_name(args.split)
     source = load_source(args.source, args.split, args.source_config, args.streaming)
     uid_column = args.uid_column or default_uid_column(source.features)
-    check_columns(source.features, args.image_column, args.caption_column, uid_column)
-    source = source.select_columns([c for c in (args.image_column, args.caption_column, uid_column) if c])
+    check_columns(source.features, args.image_column, args.caption_column, uid_column, syn_column)
+    source = source.select_columns(list(dict.fromkeys(
+        c for c in (args.image_column, args.caption_column, uid_column, syn_column) if c)))
     source = source.cast_column(args.image_column, datasets.Image(decode=False))
     if isinstance(source, datasets.Dataset):
         if len(source) == 0:
@@ -437,12 +445,12 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
 
     dtype = DTYPES[args.dtype]
     teachers = load_teachers(teacher_specs, state.device, dtype)
-    captioner = load_captioner(args.captioner, state.device, dtype) if num_captions else None
+    captioner = load_captioner(args.captioner, state.device, dtype) if num_captions and not syn_column else None
     augmentation = AugmentationConfig(size=args.image_size, rand_augment=not args.no_rand_augment)
     metadata = ReinforcementMetadata(
-        teachers=[TeacherInfo(t.spec, t.dim) for t in teachers], num_augmentations=args.num_augmentations,
-        num_synthetic_captions=num_captions, augmentation=augmentation, captioner=args.captioner, seed=args.seed,
-        source=f"{args.source} ({args.split})", shard_size=args.shard_size,
+        teachers=[TeacherInfo(t.spec, t.dim, t.logit_scale) for t in teachers],
+        num_augmentations=args.num_augmentations, num_synthetic_captions=num_captions, augmentation=augmentation,
+        captioner=args.captioner, seed=args.seed, source=f"{args.source} ({args.split})", shard_size=args.shard_size,
     )
     check_metadata(output, metadata, state.is_main_process)
 
@@ -452,6 +460,7 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
         progress=progress, shard_size=args.shard_size, batch_size=args.batch_size,
         num_augmentations=args.num_augmentations, augmentation=augmentation, seed=args.seed, split=split,
         image_column=args.image_column, caption_column=args.caption_column, uid_column=uid_column,
+        syn_column=syn_column, num_synthetic_captions=num_captions,
     )
     stream = ReinforcementStream(source, settings, captioner.prepare_image if captioner else None)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -536,10 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Comma-separated teacher specs: open_clip:ARCH:PRETRAINED, open_clip:hf-hub:REPO, "
                              "hf:PATH_OR_ID.")
     parser.add_argument("--captioner", default="none",
-                        help="open_clip:COCA_ARCH:TAG, hf:PATH_OR_ID (image-to-text) or none.")
+                        help="open_clip:COCA_ARCH:TAG, hf:PATH_OR_ID (image-to-text), column:NAME (the source's "
+                             "own extra captions in column NAME) or none.")
     parser.add_argument("--num-augmentations", type=int, default=10, help="N stored augmentations per image.")
     parser.add_argument("--num-synthetic-captions", type=int, default=None,
-                        help="K synthetic captions per image (default 5 with a captioner, 0 without).")
+                        help="K synthetic captions per image (default 5 with a model captioner, 0 without; "
+                             "required with column:NAME, where rows with fewer captions store fewer).")
     parser.add_argument("--split", default="train", help="Source split; slicing such as 'train[:1000]' works "
                                                          "without --streaming.")
     parser.add_argument("--source-config", default=None, help="Source dataset configuration name.")

@@ -9,6 +9,8 @@ Specs:
 
 Every teacher returns L2-normalised float32 embeddings; image inputs are uint8 views (B, 3, S, S) that the teacher
 resizes (bicubic, as Apple's generator does) when its own input size differs, then normalises with its own mean/std.
+`Teacher.logit_scale` is the model's learned inverse temperature exp(logit_scale) (None when the model has none);
+the reinforced dataset card records it so that distillation can default to each teacher's own scale.
 """
 
 from __future__ import annotations
@@ -83,6 +85,18 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
+def learned_logit_scale(model) -> float | None:
+    """exp(model.logit_scale) as a Python float, or None when the model has no scalar `logit_scale`.
+
+    open_clip models, transformers' CLIPModel and our MobileCLIPModel all keep the log of the inverse temperature
+    (CLIP's parameterisation), so the scale the model was trained with is its exponential.
+    """
+    value = getattr(model, "logit_scale", None)
+    if not torch.is_tensor(value) or value.numel() != 1:
+        return None
+    return float(value.detach().float().cpu().exp())  # on the CPU: the same digits whatever the device
+
+
 class Teacher:
     """Common teacher interface: `encode_images(uint8 views)` and `encode_texts(strings)` → normalised float32."""
 
@@ -91,6 +105,8 @@ class Teacher:
     image_size: int
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
+    logit_scale: float | None = None
+    """The model's learned exp(logit_scale), read once at load time; None when the model has none."""
 
     def __init__(self, spec: str, device: torch.device, dtype: torch.dtype):
         self.spec, self.device, self.dtype = spec, device, dtype
@@ -142,6 +158,7 @@ class OpenCLIPTeacher(Teacher):
 
         model, _ = create_open_clip_model(spec, device)
         self.model = model
+        self.logit_scale = learned_logit_scale(model)
         self.tokenizer = open_clip.get_tokenizer(spec.name)
         preprocess = open_clip.get_model_preprocess_cfg(model)
         size = preprocess.get("size", 224)
@@ -173,6 +190,7 @@ class HFTeacher(Teacher):
             self.model = AutoModel.from_pretrained(spec.name, trust_remote_code=True).to(device).eval()
         except Exception as error:
             raise ValueError(f"Cannot load teacher {spec.raw!r} with transformers.AutoModel: {error}") from error
+        self.logit_scale = learned_logit_scale(self.model)
         try:
             processor = AutoProcessor.from_pretrained(spec.name, trust_remote_code=True)
         except Exception:
@@ -271,6 +289,7 @@ __all__ = [
     "Teacher",
     "autocast_context",
     "create_open_clip_model",
+    "learned_logit_scale",
     "load_teacher",
     "load_teachers",
     "parse_model_spec",

@@ -13,9 +13,14 @@ Usage (map-style or streaming, any number of DataLoader workers):
         for batch in loader: ...
 
 Per sample and epoch, one stored augmentation is drawn uniformly and replayed at the student's size, and one
-synthetic caption is drawn uniformly (the paper's recipe, arXiv 2311.17049 §3: the same augmented image is used
-with the ground-truth caption, batch B_real, and with a synthetic caption, batch B_syn). Draws depend only on
-(seed, epoch, uid), so they do not change with the number of workers or processes.
+synthetic caption is drawn uniformly among the sample's own (the paper's recipe, arXiv 2311.17049 §3: the same
+augmented image is used with the ground-truth caption, batch B_real, and with a synthetic caption, batch B_syn).
+Draws depend only on (seed, epoch, uid), so they do not change with the number of workers or processes.
+
+Samples may have fewer than the dataset's K synthetic captions (`len(syn_captions)`; the zero rows of `text_emb`
+beyond are never drawn). In "both" mode a sample with none, in a dataset with K > 0, uses its ground-truth caption
+as its synthetic one (`syn_index` -1, `syn_text_emb` = `text_emb[0]`): every row of B_syn needs a caption for the
+batch to stack, and the ground truth is the one caption such a sample has.
 
 A batch from `collate_reinforced` holds (B = batch size, L = tokenizer context, D = sum of teacher dims):
 
@@ -25,7 +30,8 @@ A batch from `collate_reinforced` holds (B = batch size, L = tokenizer context, 
     text_emb       float16 (B, D)        teachers' embeddings of the ground-truth caption (text_emb[0])
     syn_input_ids  int64   (B, L)        synthetic caption tokens                 } only when K > 0 and
     syn_text_emb   float16 (B, D)        teachers' embeddings of that caption     } synthetic=True
-    aug_index, syn_index  int64 (B,)     which augmentation / synthetic caption was drawn (-1 if none)
+    aug_index, syn_index  int64 (B,)     which augmentation / synthetic caption was drawn (-1: none, or the
+                                         ground truth standing in for a sample without synthetic captions)
     uid            list[str]
 
 Embeddings stay float16 until the loss; split D per teacher with `metadata.teacher_dims`. With
@@ -122,7 +128,7 @@ class ReinforcedTrainingView:
             magnitudes are rescaled from it. None replays them unscaled, as Apple's code does.
         seed: Seed of the per-(epoch, uid) draws.
         caption_mode: "both" (ground truth + one synthetic caption) or "random" (one of GT and synthetic).
-        synthetic: Return the synthetic caption in "both" mode (forced off when the dataset has K = 0).
+        synthetic: Return the synthetic caption in "both" mode (no effect when the dataset has K = 0).
     """
 
     def __init__(
@@ -202,8 +208,10 @@ class ReinforcedTrainingView:
             result.update(input_ids=self._tokenize([text])[0], text_emb=torch.from_numpy(text_emb[choice].copy()),
                           syn_index=choice - 1)
             return result
-        if self.synthetic and num_synthetic:
-            tokens = self._tokenize([caption, sample.list_item("syn_captions", syn_index)])
+        if self.synthetic and len(text_emb) > 1:  # the dataset has K > 0 (text_emb has 1 + K rows)
+            # A sample without synthetic captions: its ground truth stands in (syn_index -1 -> text_emb[0]).
+            syn_text = sample.list_item("syn_captions", syn_index) if num_synthetic else caption
+            tokens = self._tokenize([caption, syn_text])
             result.update(syn_input_ids=tokens[1], syn_text_emb=torch.from_numpy(text_emb[1 + syn_index].copy()))
         else:
             tokens, syn_index = self._tokenize([caption]), -1

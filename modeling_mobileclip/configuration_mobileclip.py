@@ -274,6 +274,14 @@ DEV_VARIANTS: dict[str, dict] = {
         embed_dim=32,
         backbone_kwargs=dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 64, 64)),
     ),
+    # Twice as wide, a deeper attention stage: the teacher of the quickstart's learning-efficiency experiment.
+    "mobileclip-tiny-wide": _variant(
+        "fastvit_mci0",
+        64,
+        dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_repmixer_blocks=2),
+        embed_dim=64,
+        backbone_kwargs=dict(layers=(1, 1, 2, 1), embed_dims=(32, 64, 128, 128)),
+    ),
 }
 
 

@@ -16,6 +16,7 @@ from dataset_scripts.dr_format import (  # noqa: E402
     ReinforcementMetadata,
     TeacherInfo,
     load_reinforcement_metadata,
+    pack_text_embeddings,
     shard_filename,
     validate_example,
     write_dataset_card,
@@ -91,7 +92,8 @@ def test_written_dataset_loads_with_declared_shapes(tmp_path):
         ("image_emb", np.zeros((2, 12)), r"image_emb has shape \(2, 12\), expected \(3, 12\)"),
         ("text_emb", np.zeros((3, 11)), r"text_emb has shape \(3, 11\), expected \(3, 12\)"),
         ("aug_params", ["[[0, 0, 1, 1]]"], r"aug_params has shape \(1,\), expected \(3,\)"),
-        ("syn_captions", [], r"syn_captions has shape \(0,\), expected \(2,\)"),
+        ("syn_captions", ["a", "b", "c"], r"syn_captions has 3 captions, more than K = 2"),
+        ("syn_captions", ["only one"], r"text_emb rows 2..2 must be zero \(the sample has 1 of K = 2"),
     ],
 )
 def test_shape_mismatches_name_the_sample(key, value, message):
@@ -113,3 +115,84 @@ def test_missing_keys_and_bad_metadata_are_rejected():
         ReinforcementMetadata(teachers=[], num_augmentations=1, num_synthetic_captions=0)
     changed = make_metadata(dims=(8, 8))
     assert metadata.resume_mismatches(changed) and not metadata.resume_mismatches(make_metadata())
+
+
+def test_rows_with_fewer_synthetic_captions_keep_zero_text_rows(tmp_path):
+    metadata = make_metadata(k=3)
+    examples = make_examples(metadata, 3)
+    for example, count in zip(examples, (3, 1, 0)):  # a full row, a short row and a row without any
+        example["syn_captions"] = example["syn_captions"][:count]
+        example["text_emb"][1 + count:] = 0
+    write_parquet_shard(examples, metadata, tmp_path / shard_filename("train", 0, 0))
+    write_dataset_card(tmp_path, metadata, {"train": 3})
+    rows = {row["uid"]: row for row in datasets.load_dataset(str(tmp_path), split="train")}
+    for example in examples:
+        row = rows[example["uid"]]
+        assert row["syn_captions"] == example["syn_captions"]
+        np.testing.assert_array_equal(np.asarray(row["text_emb"], np.float16), example["text_emb"])
+    assert "up to 3 synthetic captions" in (tmp_path / "README.md").read_text()
+
+    # Packing consecutive samples' caption rows (what the pipeline does) gives the same layout.
+    flat = np.concatenate([e["text_emb"][: 1 + len(e["syn_captions"])] for e in examples])
+    packed = pack_text_embeddings(flat, [4, 2, 1], 3)
+    np.testing.assert_array_equal(packed, np.stack([e["text_emb"] for e in examples]))
+    with pytest.raises(ValueError, match="Cannot pack 7 caption embeddings as rows"):
+        pack_text_embeddings(flat, [5, 1, 1], 3)
+
+
+def scaled_metadata(*scales):
+    return ReinforcementMetadata(
+        teachers=[TeacherInfo(f"open_clip:t{i}:none", 4, scale) for i, scale in enumerate(scales)],
+        num_augmentations=2, num_synthetic_captions=0, augmentation=AugmentationConfig(size=64), seed=7,
+    )
+
+
+def strip_logit_scales(front_matter: str) -> str:
+    """The card as written before learned logit scales were recorded (teachers: spec and dim only)."""
+    import yaml
+
+    values = yaml.safe_load(front_matter)
+    for teacher in values["datacompdr"]["teachers"]:
+        del teacher["logit_scale"]
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def test_learned_logit_scales_are_recorded_in_the_card(tmp_path):
+    recorded = scaled_metadata(14.6, 100.0)
+    write_dataset_card(tmp_path, recorded, {"train": 0})
+    loaded = load_reinforcement_metadata(tmp_path)
+    assert loaded == recorded and loaded.teacher_logit_scales == [14.6, 100.0]
+    card = (tmp_path / "README.md").read_text()
+    assert "| # | teacher | dim | learned logit scale |" in card
+    assert "| 0 | `open_clip:t0:none` | 4 | 14.6 |" in card and "| 1 | `open_clip:t1:none` | 4 | 100 |" in card
+
+    partial = tmp_path / "partial"
+    write_dataset_card(partial, scaled_metadata(14.6, None), {"train": 0})
+    assert load_reinforcement_metadata(partial).teacher_logit_scales is None  # not all teachers have one
+    assert "| 1 | `open_clip:t1:none` | 4 | - |" in (partial / "README.md").read_text()
+
+    # A card written before the scales were recorded still loads: every scale unknown.
+    old = tmp_path / "old"
+    old.mkdir()
+    _, front, body = card.split("---\n", 2)
+    (old / "README.md").write_text("---\n" + strip_logit_scales(front) + "---\n" + body)
+    old_metadata = load_reinforcement_metadata(old)
+    assert [t.logit_scale for t in old_metadata.teachers] == [None, None]
+    assert old_metadata.teacher_logit_scales is None and old_metadata.teacher_dims == [4, 4]
+
+
+def test_resuming_compares_logit_scales_only_when_both_runs_recorded_them():
+    old_run = {**scaled_metadata(None, None).to_dict()}
+    for teacher in old_run["teachers"]:  # metadata.json of an output started before the scales were recorded
+        del teacher["logit_scale"]
+    requested = scaled_metadata(14.6, 100.0)
+    assert requested.resume_mismatches(ReinforcementMetadata.from_dict(old_run)) == []
+    assert requested.resume_mismatches(scaled_metadata(14.6, 100.0)) == []
+    assert requested.resume_mismatches(scaled_metadata(14.6 * (1 + 1e-7), 100.0)) == []  # exp() on another device
+    changed = requested.resume_mismatches(scaled_metadata(14.6, 50.0))
+    assert len(changed) == 1 and changed[0].startswith("teachers:") and "50.0" in changed[0]
+    other_spec = ReinforcementMetadata(
+        teachers=[TeacherInfo("open_clip:t0:none", 4, 14.6), TeacherInfo("open_clip:other:none", 4, 100.0)],
+        num_augmentations=2, num_synthetic_captions=0, augmentation=AugmentationConfig(size=64), seed=7,
+    )
+    assert requested.resume_mismatches(other_spec)[0].startswith("teachers:")

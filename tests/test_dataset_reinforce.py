@@ -399,3 +399,174 @@ def test_hf_image_to_text_captioner_is_reproducible(tmp_path):
     assert captioner.generate(pixels, 3, seed=12) != captions
     assert first_sentence("a cat on a mat. it sleeps.") == "a cat on a mat"
     assert first_sentence(" . only after") == ". only after"
+
+
+# --- learned logit scales and the column:NAME captioner ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scaled_teachers(tmp_path_factory, models):
+    """Teachers whose saved logit_scale is distinctive (not CLIP's initial ln(1/0.07)), so a recorded scale cannot
+    match by accident: the tiny open_clip ViT with ln(37.5) and a mobileclip-tiny folder with ln(14.6)."""
+    import math
+
+    from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel, MobileCLIPProcessor
+
+    root = tmp_path_factory.mktemp("scaled-teachers")
+    state = torch.load(models["open_clip_weights"])
+    state["logit_scale"] = torch.tensor(math.log(37.5))
+    torch.save(state, root / "vit-37.5.pt")
+    torch.manual_seed(3)
+    mobileclip = MobileCLIPModel(MobileCLIPConfig.from_variant("mobileclip-tiny")).eval()
+    with torch.no_grad():
+        mobileclip.logit_scale.fill_(math.log(14.6))
+    mobileclip.save_pretrained(root / "mobileclip")
+    MobileCLIPProcessor.from_variant("mobileclip-tiny").save_pretrained(root / "mobileclip")
+    return {"open_clip": f"open_clip:dr-tiny-vit:{root / 'vit-37.5.pt'}", "open_clip_weights": root / "vit-37.5.pt",
+            "mobileclip": f"hf:{root / 'mobileclip'}", "mobileclip_dir": root / "mobileclip"}
+
+
+def test_teachers_read_their_learned_logit_scale(models, scaled_teachers):
+    from safetensors.torch import load_file
+    from transformers import CLIPModel
+
+    from dataset_scripts.teachers import load_teacher
+
+    cpu = torch.device("cpu")
+    # Oracles: each library's own model attribute (open_clip, transformers) or the saved tensor itself.
+    random_vit = open_clip.create_model("dr-tiny-vit", pretrained=None)
+    assert load_teacher("open_clip:dr-tiny-vit:none", cpu, torch.float32).logit_scale == pytest.approx(
+        random_vit.logit_scale.exp().item(), rel=1e-6)
+    saved_vit = open_clip.create_model("dr-tiny-vit", pretrained=str(scaled_teachers["open_clip_weights"]))
+    assert saved_vit.logit_scale.exp().item() == pytest.approx(37.5, rel=1e-6)
+    assert load_teacher(scaled_teachers["open_clip"], cpu, torch.float32).logit_scale == pytest.approx(
+        saved_vit.logit_scale.exp().item(), rel=1e-6)
+    saved_scale = load_file(str(scaled_teachers["mobileclip_dir"] / "model.safetensors"))["logit_scale"].exp()
+    assert saved_scale.item() == pytest.approx(14.6, rel=1e-6)
+    assert load_teacher(scaled_teachers["mobileclip"], cpu, torch.float32).logit_scale == pytest.approx(
+        saved_scale.item(), rel=1e-6)
+    clip = CLIPModel.from_pretrained(models["hf_dir"])
+    assert load_teacher(models["hf_teacher"], cpu, torch.float32).logit_scale == pytest.approx(
+        clip.logit_scale.exp().item(), rel=1e-6)
+
+    class NoScale(Teacher):  # a teacher model without logit_scale records none
+        pass
+
+    assert NoScale("fake:teacher", cpu, torch.float32).logit_scale is None
+
+
+# (captions cell, expected caption, expected synthetic captions with K = 3): extra entries beyond K are dropped,
+# empty entries skipped, a single caption leaves no synthetic one.
+COLUMN_ROWS = [
+    (["gt zero", "zero a", "zero b", "zero c", "zero d"], "gt zero", ["zero a", "zero b", "zero c"]),
+    (["gt one", "", "one a"], "gt one", ["one a"]),
+    (["only caption"], "only caption", []),
+    (["", "  ", "gt three", "three a", "three b"], "gt three", ["three a", "three b"]),
+]
+
+
+@pytest.fixture(scope="module")
+def list_caption_source(tmp_path_factory):
+    """Emoji images with a list caption column of varying lengths, an `extra` list column and an int column."""
+    images = [r["image"] for r in emoji_rows(len(COLUMN_ROWS))]
+    rows = [{"uid": f"row-{i}", "image": image, "captions": captions, "title": captions[-1],
+             "extra": ["x", "", f"y{i}"], "count": i}
+            for i, (image, (captions, _, _)) in enumerate(zip(images, COLUMN_ROWS))]
+    path = tmp_path_factory.mktemp("list-captions") / "source.parquet"
+    datasets.Dataset.from_list(rows, features=datasets.Features({
+        "uid": datasets.Value("string"), "image": datasets.Image(), "captions": datasets.List(datasets.Value("string")),
+        "title": datasets.Value("string"), "extra": datasets.List(datasets.Value("string")),
+        "count": datasets.Value("int64"),
+    })).to_parquet(str(path))
+    return path
+
+
+def test_column_captioner_fills_synthetic_slots_with_the_datasets_own_captions(
+        tmp_path, models, scaled_teachers, list_caption_source):
+    from modeling_mobileclip import MobileCLIPModel, MobileCLIPProcessor
+
+    output = tmp_path / "column-dr"
+    argv = cli_args(output, models, source=list_caption_source, teachers=f"{scaled_teachers['open_clip']},"
+                    f"{scaled_teachers['mobileclip']}", captioner=False)
+    argv[argv.index("--captioner") + 1] = "column:captions"
+    argv[argv.index("--num-synthetic-captions") + 1] = "3"
+    entry = reinforce_module.main([*argv, "--caption-column", "captions"])
+    assert entry["complete"] and entry["written"] == len(COLUMN_ROWS) and entry["skipped"] == 0
+
+    metadata = load_reinforcement_metadata(output)
+    assert metadata.captioner == "column:captions" and metadata.num_synthetic_captions == 3
+    assert metadata.teacher_logit_scales == pytest.approx([37.5, 14.6], rel=1e-6)
+    assert "| learned logit scale |" in (output / "README.md").read_text()
+
+    vit = open_clip.create_model("dr-tiny-vit", pretrained=str(scaled_teachers["open_clip_weights"])).eval()
+    vit_tokenizer = open_clip.get_tokenizer("dr-tiny-vit")
+    mobileclip = MobileCLIPModel.from_pretrained(scaled_teachers["mobileclip_dir"]).eval()
+    mobileclip_tokenizer = MobileCLIPProcessor.from_pretrained(scaled_teachers["mobileclip_dir"]).tokenizer
+    for row in read_output(output):
+        _, caption, synthetic = COLUMN_ROWS[int(row["uid"].split("-")[1])]
+        assert row["caption"] == caption and row["syn_captions"] == synthetic
+        text_emb = np.asarray(row["text_emb"], np.float32)
+        assert text_emb.shape == (4, 24 + 32)
+        used = 1 + len(synthetic)
+        assert not text_emb[used:].any()  # the unused rows are zero-filled
+        texts = [caption, *synthetic]
+        with torch.no_grad():  # oracle: each teacher embedding the strings itself
+            own = torch_F.normalize(vit.encode_text(vit_tokenizer(texts)), dim=-1)
+            ids = mobileclip_tokenizer(texts, return_tensors="pt")["input_ids"]
+            own_mobileclip = torch_F.normalize(mobileclip.encode_text(ids), dim=-1)
+        assert cosine(text_emb[:used, :24], own).min() > 0.999
+        assert cosine(text_emb[:used, 24:], own_mobileclip).min() > 0.999
+
+    # NAME other than the caption column: all of its non-empty entries, the caption column untouched.
+    other = tmp_path / "extra-dr"
+    argv = cli_args(other, models, source=list_caption_source, teachers=models["open_clip_teacher"], captioner=False)
+    argv[argv.index("--captioner") + 1] = "column:extra"
+    argv[argv.index("--num-synthetic-captions") + 1] = "2"
+    reinforce_module.main([*argv, "--caption-column", "title"])
+    for row in read_output(other):
+        index = int(row["uid"].split("-")[1])
+        assert row["caption"] == COLUMN_ROWS[index][0][-1].strip() and row["syn_captions"] == ["x", f"y{index}"]
+
+
+def test_column_captioner_is_validated_at_start(tmp_path, models, list_caption_source):
+    def run_column(spec, *extra, caption_column="captions", k="3"):
+        argv = cli_args(tmp_path / "out", models, source=list_caption_source, teachers="open_clip:no-such-arch:none",
+                        captioner=False)
+        argv[argv.index("--captioner") + 1] = spec
+        argv[argv.index("--num-synthetic-captions") + 1] = k
+        reinforce_module.main([*argv, "--caption-column", caption_column, *extra])
+
+    # All of these fail before the (unloadable) teacher would be loaded.
+    with pytest.raises(ValueError, match=r"no column 'missing' \(--captioner column:missing\); available columns: "
+                                         r"\['captions', 'count', 'extra', 'image', 'title', 'uid'\]"):
+        run_column("column:missing")
+    with pytest.raises(ValueError, match=r"Column 'count' \(--captioner column:count\) is .*int64.*expected strings "
+                                         r"or lists of strings; available columns: \['captions'"):
+        run_column("column:count")
+    with pytest.raises(ValueError, match=r"column:title reuses the caption column, but 'title' holds one string"):
+        run_column("column:title", caption_column="title")
+    with pytest.raises(ValueError, match=r"column:captions needs --num-synthetic-captions K >= 1 \(got 0\)"):
+        run_column("column:captions", k="0")
+    with pytest.raises(ValueError, match=r"names no column"):
+        run_column("column:")
+    argv = cli_args(tmp_path / "no-k", models, source=list_caption_source, teachers="open_clip:no-such-arch:none",
+                    captioner=False)
+    flag = argv.index("--num-synthetic-captions")
+    del argv[flag: flag + 2]  # K not given at all
+    argv[argv.index("--captioner") + 1] = "column:captions"
+    with pytest.raises(ValueError, match=r"needs --num-synthetic-captions K >= 1 \(got None\)"):
+        reinforce_module.main(argv)
+
+
+def test_output_started_before_logit_scales_were_recorded_still_resumes(tmp_path, models):
+    output = tmp_path / "old-output"
+    args = ("--split", "train[:2]", "--caption-column", "name")
+    run(output, models, *args, teachers=models["open_clip_teacher"], captioner=False)
+    state = output / ".reinforce_state" / "metadata.json"
+    metadata = json.loads(state.read_text())
+    assert metadata["teachers"][0]["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-6)  # open_clip's initial scale
+    del metadata["teachers"][0]["logit_scale"]  # what runs before this field existed wrote
+    state.write_text(json.dumps(metadata))
+    entry = run(output, models, *args, teachers=models["open_clip_teacher"], captioner=False)
+    assert entry["complete"] and entry["written"] == 2
+    assert load_reinforcement_metadata(output).teacher_logit_scales == pytest.approx([1 / 0.07], rel=1e-6)

@@ -34,8 +34,10 @@ from dataset_scripts.training_view import (  # noqa: E402
 N, K, DIMS = 4, 3, (6, 2)
 
 
-def build_dataset(root, num_synthetic=K, rows_per_shard=(5, 4)):
-    """Embeddings encode their own position: image_emb[a] = sample + a/10, text_emb[t] = -(sample + t/10)."""
+def build_dataset(root, num_synthetic=K, rows_per_shard=(5, 4), syn_counts=None):
+    """Embeddings encode their own position: image_emb[a] = sample + a/10, text_emb[t] = -(sample + t/10).
+
+    `syn_counts[i]`: sample i has only that many synthetic captions (text_emb rows beyond are zero)."""
     metadata = ReinforcementMetadata(
         teachers=[TeacherInfo("open_clip:a:none", DIMS[0]), TeacherInfo("hf:b", DIMS[1])], num_augmentations=N,
         num_synthetic_captions=num_synthetic, augmentation=AugmentationConfig(size=224), seed=0,
@@ -51,12 +53,15 @@ def build_dataset(root, num_synthetic=K, rows_per_shard=(5, 4)):
             generator = torch.Generator().manual_seed(index)
             params = [sample_augmentation(image.height, image.width, metadata.augmentation, generator)
                       for _ in range(N)]
+            count = num_synthetic if syn_counts is None else syn_counts[index]
+            text_emb = np.array([[-(index + t / 10)] * sum(DIMS) for t in range(1 + num_synthetic)])
+            text_emb[1 + count:] = 0
             examples.append({
                 "uid": f"u{index}", "image": buffer.getvalue(), "caption": f"a photo number {index}",
-                "syn_captions": [f"synthetic caption {index} {j}" for j in range(num_synthetic)],
+                "syn_captions": [f"synthetic caption {index} {j}" for j in range(count)],
                 "aug_params": [p.to_json() for p in params],
                 "image_emb": np.array([[index + a / 10] * sum(DIMS) for a in range(N)]),
-                "text_emb": np.array([[-(index + t / 10)] * sum(DIMS) for t in range(1 + num_synthetic)]),
+                "text_emb": text_emb,
             })
             index += 1
         write_parquet_shard(examples, metadata, root / shard_filename("train", unit, 0))
@@ -186,3 +191,35 @@ def test_view_accepts_decoded_rows(reinforced, tokenizer):
     from_dict = view(dataset[4])  # python format: PIL image, nested lists
     for key in ("pixel_values", "image_emb", "text_emb", "syn_text_emb", "input_ids"):
         assert torch.equal(from_table[key], from_dict[key]), key
+
+
+def test_rows_with_fewer_synthetic_captions_draw_only_their_own(tmp_path, tokenizer):
+    """K = 3, but sample 1 has one synthetic caption and sample 2 none (their text_emb rows beyond are zero)."""
+    build_dataset(tmp_path, rows_per_shard=(3,), syn_counts=[3, 1, 0])
+    dataset, metadata = load_reinforced_dataset(str(tmp_path))
+    rows = dataset.with_format("arrow")
+    both = ReinforcedTrainingView.from_model_config(
+        type("Config", (), {"image_size": 32})(), tokenizer, metadata)
+    random = ReinforcedTrainingView(tokenizer, image_size=32, caption_mode="random")
+    drawn = {(mode, i): set() for mode in ("both", "random") for i in range(3)}
+    for epoch in range(40):
+        both.set_epoch(epoch)
+        random.set_epoch(epoch)
+        samples = [both(rows[i]) for i in range(3)]
+        batch = collate_reinforced(samples)  # the sample without synthetic captions still stacks into B_syn
+        assert batch["syn_input_ids"].shape == (3, 77) and batch["syn_text_emb"].shape == (3, sum(DIMS))
+        for i, sample in enumerate(samples):
+            syn = sample["syn_index"]
+            # Sample 2 has no synthetic caption: its ground truth stands in (syn_index -1, text_emb row 0).
+            text = dataset[i]["syn_captions"][syn] if syn >= 0 else dataset[i]["caption"]
+            assert torch.equal(sample["syn_input_ids"], tokenizer([text])[0])
+            assert torch.allclose(sample["syn_text_emb"].float(), torch.tensor(-(i + (1 + syn) / 10)), atol=2e-2)
+            drawn["both", i].add(syn)
+            sample = random(rows[i])
+            choice = sample["syn_index"] + 1
+            text = dataset[i]["caption"] if choice == 0 else dataset[i]["syn_captions"][choice - 1]
+            assert torch.equal(sample["input_ids"], tokenizer([text])[0])
+            assert torch.allclose(sample["text_emb"].float(), torch.tensor(-(i + choice / 10)), atol=2e-2)
+            drawn["random", i].add(choice)
+    assert drawn["both", 0] == {0, 1, 2} and drawn["both", 1] == {0} and drawn["both", 2] == {-1}
+    assert drawn["random", 0] == {0, 1, 2, 3} and drawn["random", 1] == {0, 1} and drawn["random", 2] == {0}

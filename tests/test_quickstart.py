@@ -1,11 +1,14 @@
-"""The README's quickstart (`python -m training.quickstart`) end to end at tiny settings, on the bundled emoji data.
+"""The README's main job (`python -m training.quickstart`): the learning-efficiency experiment at `--scale tiny`.
 
-Oracles: the trained folder is evaluated again through the `python -m evaluation.zero_shot` / `evaluation.retrieval`
-command lines (their own AutoModel load, data loading and metric modules) and must reproduce the quickstart's
-numbers; chance levels are recomputed from the held-out rows; a rerun resumes to bit-identical weights.
+Checked here: every artefact (curves, plot, both students load with AutoModel, the factor line parses), not the
+factor's value. Oracles: the final students are evaluated again through the `python -m evaluation.zero_shot` /
+`evaluation.retrieval` command lines (their own AutoModel load, preprocessing and CLIP_benchmark-exact metric modules)
+and must reproduce the curves' last points; the factor and the metrics are recomputed from hand-made curves and with
+`clip_benchmark`'s own functions; a rerun reuses every stage.
 """
 
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -15,19 +18,64 @@ import torch
 from conftest import REPO_ROOT
 
 BUNDLED_EMOJI = REPO_ROOT / "dataset_scripts" / "data" / "emoji"
-TINY = ["--samples", "64", "--steps", "12", "--batch-size", "16", "--num-augmentations", "2", "--eval-samples", "40",
-        "--num-threads", "1"]
+TINY = ["--scale", "tiny", "--num-threads", "1"]
 
 
-def test_bundled_emoji_data_ships_with_its_licenses_and_loads():
+def test_bundled_emoji_data_ships_both_styles_with_their_licenses():
     names = {path.name for path in BUNDLED_EMOJI.iterdir()}
-    assert {"twitter.parquet", "classnames.json", "README.md", "LICENSE-twemoji.txt", "LICENSE-emoji-data.txt",
-            "LICENSE-unicode-cldr.txt"} <= names
-    rows = datasets.load_dataset(str(BUNDLED_EMOJI), "twitter", split="train")
-    splits = rows["split"]
-    assert len(rows) == 1906 and splits.count("train") == 1688 and splits.count("val") == 218
+    assert {"twitter.parquet", "google.parquet", "classnames.json", "README.md", "LICENSE-twemoji.txt",
+            "LICENSE-noto-emoji.txt", "LICENSE-emoji-data.txt", "LICENSE-unicode-cldr.txt"} <= names
+    card = (BUNDLED_EMOJI / "README.md").read_text()
+    assert "config_name: twitter" in card and "config_name: google" in card
     val_unified = json.loads((BUNDLED_EMOJI / "classnames.json").read_text())["split"]["val_unified"]
-    assert sorted(val_unified) == sorted(u for u, s in zip(rows["unified"], splits) if s == "val")
+    for style in ("twitter", "google"):
+        rows = datasets.load_dataset(str(BUNDLED_EMOJI), style, split="train")
+        splits = rows["split"]
+        assert len(rows) == 1906 and splits.count("train") == 1688 and splits.count("val") == 218
+        assert set(rows["style"]) == {style}
+        assert sorted(val_unified) == sorted(u for u, s in zip(rows["unified"], splits) if s == "val")
+
+
+def test_factor_interpolates_between_evaluation_points():
+    from training.learning_efficiency import first_step_reaching, learning_efficiency_factor
+
+    plain = ([0, 100, 200, 300, 400], [0.0, 0.01, 0.02, 0.03, 0.04])
+    # The reinforced curve crosses 0.04 between step 100 (0.03) and step 200 (0.05): at 150 -> 400 / 150.
+    faster = ([0, 100, 200, 300, 400], [0.0, 0.03, 0.05, 0.06, 0.07])
+    result = learning_efficiency_factor(plain, faster)
+    assert result["reinforced_step_reaching_plain_final"] == pytest.approx(150.0)
+    assert result["factor"] == pytest.approx(400 / 150)
+    # Never reaching the plain final value: the plain curve reaches the reinforced final 0.025 at step 250.
+    slower = ([0, 100, 200, 300, 400], [0.0, 0.01, 0.015, 0.02, 0.025])
+    result = learning_efficiency_factor(plain, slower)
+    assert result["reinforced_step_reaching_plain_final"] is None
+    assert result["factor"] == pytest.approx(250 / 400)
+    assert first_step_reaching([0, 10], [0.5, 0.9], 0.1) == 0.0
+
+
+def test_metrics_match_scikit_learn_and_clip_benchmark():
+    from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k
+    from sklearn.metrics import top_k_accuracy_score
+
+    from training.learning_efficiency import retrieval_recalls, top_k_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(50, 30, generator=generator), torch.randint(30, (50,), generator=generator)
+    for k in (1, 5):  # (clip_benchmark's `accuracy` no longer runs on numpy 2; scikit-learn's is the same rule)
+        assert top_k_accuracy(logits, labels, k) == pytest.approx(
+            top_k_accuracy_score(labels.numpy(), logits.numpy(), k=k, labels=list(range(30))))
+
+    images = torch.nn.functional.normalize(torch.randn(20, 8, generator=generator), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(55, 8, generator=generator), dim=-1)
+    image_of_text = torch.cat([torch.arange(20), torch.arange(20), torch.randint(20, (15,), generator=generator)])
+    ours = retrieval_recalls(images, texts, image_of_text, ks=(1, 5))
+    scores = texts @ images.t()
+    positives = torch.nn.functional.one_hot(image_of_text, 20).bool()
+    for k in (1, 5):  # CLIP_benchmark's definitions: recall > 0 counts a query as found
+        assert ours[f"image_retrieval_recall@{k}"] == pytest.approx(
+            (recall_at_k(scores, positives, k) > 0).float().mean().item())
+        assert ours[f"text_retrieval_recall@{k}"] == pytest.approx(
+            (recall_at_k(scores.t(), positives.t(), k) > 0).float().mean().item())
 
 
 def _write_parquet(rows: datasets.Dataset, path: Path) -> str:
@@ -35,71 +83,119 @@ def _write_parquet(rows: datasets.Dataset, path: Path) -> str:
     return str(path)
 
 
-def test_quickstart_reinforces_trains_evaluates_and_saves_a_loadable_folder(fresh_accelerate_state, tmp_path, capsys):
+def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelerate_state, tmp_path, capsys):
+    from PIL import Image
     from transformers import AutoModel
 
     from evaluation import retrieval, zero_shot
-    from training.quickstart import ZERO_SHOT_TEMPLATES, main
+    from training.quickstart import PLOT_FILE, SCALES, TEMPLATES, main
 
     output = tmp_path / "quickstart"
-    summary = main(["--output-dir", str(output), *TINY])
+    curves = main(["--output-dir", str(output), *TINY])
     printed = capsys.readouterr().out
 
-    # The run: 64 reinforced train rows, 12 steps, the loss fell.
-    assert summary.train_rows == 64 and summary.eval_rows == 40 and summary.steps == 12
-    history = [json.loads(line) for line in (output / "train" / "train_history.jsonl").read_text().splitlines()]
-    assert [row["loss"] for row in history] == [row["loss"] for row in summary.history]
-    assert summary.loss_first == history[0]["loss"] and summary.loss_last == history[-1]["loss"]
-    assert summary.loss_last < 0.95 * summary.loss_first, summary.history
-    assert all(row["distill_loss"] > 0 and row["clip_loss"] > 0 for row in history)  # lambda 0.5: both terms
+    # The factor line is the last line and parses; the table and the paths are printed.
+    last = printed.strip().splitlines()[-1]
+    match = re.fullmatch(r"learning-efficiency factor: (\d+\.\d+|inf)x", last)
+    assert match, last
+    assert float(match.group(1)) == pytest.approx(curves["factor"]["factor"], abs=0.005)
+    assert "names top-5" in printed and str(Path(PLOT_FILE)) in printed
 
-    reinforced = datasets.load_dataset(str(output / "emoji-reinforced"), split="train")
-    train_unified = datasets.load_dataset(str(BUNDLED_EMOJI), "twitter", split="train").filter(
-        lambda s: s == "train", input_columns="split")["unified"][:64]
-    assert sorted(reinforced["uid"]) == sorted(train_unified)  # only train-split rows, keyed by code points
-    assert {len(params) for params in reinforced["aug_params"]} == {2}
+    # Curves: both students at the same steps (the shared initialisation first, the final step last).
+    saved = json.loads((output / "learning_curves.json").read_text())
+    assert saved["factor"] == curves["factor"]
+    tiny = SCALES["tiny"]
+    steps = [point["step"] for point in saved["students"]["clip"]]
+    assert steps == [point["step"] for point in saved["students"]["reinforced"]]
+    assert steps[0] == 0 and steps[-1] == tiny["student_steps"] and len(steps) == tiny["eval_points"] + 1
+    assert saved["students"]["clip"][0] == saved["students"]["reinforced"][0]  # same initial weights
+    for point in saved["students"]["clip"] + [saved["teacher"]]:
+        assert set(point) >= {"val", "unseen_style"}
+        for name in ("names/acc5", "subcategories/acc1", "categories/acc1", "retrieval/image_retrieval_recall@5"):
+            assert 0.0 <= point["unseen_style"][name] <= 1.0
+    assert saved["teachers"] == [f"hf:{output / 'teacher' / 'model'}"]
 
-    # The folder loads with AutoModel; the quickstart compared it with the in-memory model.
-    model_dir = Path(summary.model_dir)
-    model_dir = model_dir if model_dir.is_absolute() else Path.cwd() / model_dir
-    assert type(AutoModel.from_pretrained(model_dir, trust_remote_code=True)).__name__ == "MobileCLIPModel"
-    assert summary.reload_max_abs_diff <= 1e-5
+    # The plot is a real PNG.
+    with Image.open(output / PLOT_FILE) as plot:
+        assert plot.format == "PNG" and plot.width > 300
 
-    # The metrics: the evaluation command lines on the same held-out rows give the same numbers.
-    val_rows = datasets.load_dataset(str(BUNDLED_EMOJI), "twitter", split="train").filter(
-        lambda s: s == "val", input_columns="split").select(range(40))
-    val_file = _write_parquet(val_rows, tmp_path / "val.parquet")
-    templates = tmp_path / "templates.json"
-    templates.write_text(json.dumps(ZERO_SHOT_TEMPLATES))
-    common = ["--model", str(model_dir), "--dataset", val_file, "--split", "test", "--num-workers", "0"]
-    zero_shot_metrics = zero_shot.main([*common, "--label-column", "category", "--templates", str(templates),
-                                        "--classnames", str(BUNDLED_EMOJI / "classnames.json"),
-                                        "--classnames-key", "category_prompt_names"])
-    retrieval_metrics = retrieval.main([*common, "--caption-column", "captions", "--recall-k", "1", "5"])
-    trained = summary.metrics["trained"]
-    for name in ("acc1", "acc5", "mean_per_class_recall"):
-        assert trained[f"zero_shot/{name}"] == pytest.approx(zero_shot_metrics[name], abs=1e-6), name
-    for name in ("image_retrieval_recall@1", "image_retrieval_recall@5", "text_retrieval_recall@1",
-                 "text_retrieval_recall@5"):
-        assert trained[f"retrieval/{name}"] == pytest.approx(retrieval_metrics[name], abs=1e-6), name
-    assert summary.metrics["init"].keys() == trained.keys()
-    assert summary.chance["retrieval/image_retrieval_recall@1"] == pytest.approx(1 / 40)
-    assert summary.chance["zero_shot/acc1"] == pytest.approx(1 / 9)
+    # The teacher's learned logit scale went into the reinforced data's card and into the reinforced run.
+    teacher = AutoModel.from_pretrained(output / "teacher" / "model", trust_remote_code=True)
+    card = (output / "reinforced" / "README.md").read_text()
+    from dataset_scripts.dr_format import load_reinforcement_metadata
 
-    # The printed summary and the JSON file.
-    assert "random weights" in printed and "no semantics" in printed
-    for label in ("zero-shot acc1", "text->image R@1", "text->image R@5", "image->text R@1"):
-        assert label in printed
-    assert f"{summary.loss_first:.4f} -> {summary.loss_last:.4f}" in printed
-    assert json.loads((output / "quickstart_summary.json").read_text())["metrics"] == summary.metrics
+    metadata = load_reinforcement_metadata(output / "reinforced")
+    assert metadata.teacher_logit_scales == pytest.approx([float(teacher.logit_scale.detach().exp())], rel=1e-5)
+    assert metadata.captioner == "column:captions" and "column:captions" in card
+    student_card = (output / "students" / "reinforced" / "README.md").read_text()
+    assert f"logit scale {metadata.teacher_logit_scales[0]:g}" in student_card
 
-    # Rerunning the same command resumes (latest checkpoint) to the same weights; other settings are refused.
-    from safetensors.torch import load_file
+    # Both students load with AutoModel; the evaluation CLIs reproduce their final points on the unseen style.
+    unseen = datasets.load_dataset(str(BUNDLED_EMOJI), "google", split="train").select(range(tiny["rows_per_style"]))
+    unseen_file = _write_parquet(unseen, tmp_path / "unseen.parquet")
+    templates = tmp_path / "names_template.json"
+    templates.write_text(json.dumps([TEMPLATES["names"].replace("{}", "{c}")]))
+    classnames = tmp_path / "names.json"
+    classnames.write_text(json.dumps(sorted(unseen["name"])))  # another class order than the quickstart's
+    for mode in ("clip", "reinforced"):
+        folder = output / "students" / mode
+        assert type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__ == "MobileCLIPModel"
+        common = ["--model", str(folder), "--dataset", unseen_file, "--split", "test", "--num-workers", "0"]
+        names = zero_shot.main([*common, "--label-column", "name", "--templates", str(templates),
+                                "--classnames", str(classnames)])
+        recalls = retrieval.main([*common, "--caption-column", "captions", "--recall-k", "1", "5"])
+        final = saved["students"][mode][-1]["unseen_style"]
+        assert final["names/acc1"] == pytest.approx(names["acc1"], abs=1e-6)
+        assert final["names/acc5"] == pytest.approx(names["acc5"], abs=1e-6)
+        for key in ("image_retrieval_recall@1", "image_retrieval_recall@5", "text_retrieval_recall@5"):
+            assert final[f"retrieval/{key}"] == pytest.approx(recalls[key], abs=1e-6), (mode, key)
 
-    first_weights = load_file(str(model_dir / "model.safetensors"))
+    # Chance levels: top-5 over the style's names, from the row count.
+    assert saved["chance"]["unseen_style"]["names/acc5"] == pytest.approx(5 / tiny["rows_per_style"])
+
+    # A rerun reuses every stage and reproduces the curves; other settings are refused.
+    capsys.readouterr()
     rerun = main(["--output-dir", str(output), *TINY])
-    assert rerun.metrics == summary.metrics
-    for name, tensor in load_file(str(model_dir / "model.safetensors")).items():
-        assert torch.equal(tensor, first_weights[name]), name
-    with pytest.raises(ValueError, match=r"other settings \(steps: 12 before, 13 now\).*new --output-dir"):
-        main(["--output-dir", str(output), *TINY[:2], "--steps", "13", *TINY[4:]])
+    assert "Reusing the teacher" in capsys.readouterr().out
+    assert rerun["students"] == curves["students"] and rerun["factor"] == curves["factor"]
+    with pytest.raises(ValueError, match=r"other settings \(student_steps: 8 before, 9 now\).*new --output-dir"):
+        main(["--output-dir", str(output), *TINY, "--student-steps", "9"])
+
+
+def _saved_random_model(folder: Path, variant: str) -> Path:
+    from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
+    from modeling_mobileclip.convert import save_model_folder
+    from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
+
+    torch.manual_seed(0)
+    save_model_folder(MobileCLIPModel(MobileCLIPConfig.from_variant(variant)).eval(), folder,
+                      MobileCLIPProcessor.from_variant(variant))
+    return folder
+
+
+def test_teacher_specs_that_cannot_be_used_fail_at_once_naming_the_spec(tmp_path):
+    from training.quickstart import main
+
+    output = tmp_path / "run"
+    missing = f"hf:{tmp_path / 'no-such-teacher'}"
+    with pytest.raises(ValueError, match=re.escape(repr(missing))):
+        main(["--output-dir", str(output), *TINY, "--teacher", missing])
+    with pytest.raises(ValueError, match="Expected a teacher spec"):
+        main(["--output-dir", str(output), *TINY, "--teacher", "ViT-L-14"])
+
+    narrow = f"hf:{_saved_random_model(tmp_path / 'narrow', 'mobileclip-tiny')}"
+    wide = f"hf:{_saved_random_model(tmp_path / 'wide', 'mobileclip-tiny-wide')}"
+    with pytest.raises(ValueError, match=rf"mixes embedding sizes: {re.escape(repr(narrow))} has 32, "
+                                         rf"{re.escape(repr(wide))} has 64"):
+        main(["--output-dir", str(output), *TINY, "--teacher", narrow, "--teacher", wide])
+    assert not output.exists()  # nothing was started or recorded
+
+
+def test_scales_keep_the_default_within_its_cpu_budget_shape():
+    from training.quickstart import SCALES, Settings
+
+    default = Settings(**SCALES["default"])
+    full = Settings(**SCALES["full"])
+    assert default.rows_per_style is None and full.rows_per_style is None  # all 1,906 emoji of both styles
+    assert default.eval_points >= 10 and full.eval_points >= 10  # at least 10 points on each learning curve
+    assert full.student_steps > default.student_steps and full.teacher_steps > default.teacher_steps

@@ -32,7 +32,7 @@ TINY = ["--variant", "mobileclip-tiny", "--mixed_precision", "no", "--report_to"
 
 
 def build_reinforced_dataset(path: Path, num_rows: int = 32, num_augmentations: int = 3, num_synthetic: int = 2,
-                             dims=(6, 4), seed: int = 0) -> Path:
+                             dims=(6, 4), seed: int = 0, logit_scales=None) -> Path:
     """A reinforced dataset in the format of dataset_scripts/dr_format.py from emoji images.
 
     Teacher embeddings are learnable on purpose: every view and caption of image i embeds near one random vector
@@ -46,7 +46,8 @@ def build_reinforced_dataset(path: Path, num_rows: int = 32, num_augmentations: 
 
     source = datasets.load_dataset(str(EMOJI), "twitter", split="train").select(range(num_rows))
     metadata = ReinforcementMetadata(
-        teachers=[TeacherInfo(f"open_clip:tiny-{i}:none", d) for i, d in enumerate(dims)],
+        teachers=[TeacherInfo(f"open_clip:tiny-{i}:none", d, None if logit_scales is None else logit_scales[i])
+                  for i, d in enumerate(dims)],
         num_augmentations=num_augmentations, num_synthetic_captions=num_synthetic,
         augmentation=AugmentationConfig(size=48), seed=seed,
     )
@@ -383,3 +384,46 @@ def test_kill_mid_training_then_resume_latest_equals_uninterrupted_run(reinforce
         assert torch.equal(resumed[name], reference[name]), name
     history = [json.loads(line) for line in (crashed / "out" / "train_history.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history] == list(range(1, 10))
+
+
+# --- teacher logit scales from the card ---------------------------------------------------------------------------
+
+
+def _resolved_config(model_dir: Path) -> dict:
+    """The resolved training configuration recorded in the saved model card."""
+    import yaml
+
+    card = (model_dir / "README.md").read_text()
+    return yaml.safe_load(card.split("## Training configuration\n\n```yaml\n", 1)[1].split("\n```", 1)[0])
+
+
+def test_teacher_logit_scales_default_to_the_card_unless_configured():
+    from training.data import DataSpec
+    from training.train import DEFAULT_TEACHER_LOGIT_SCALE, resolve_teacher_logit_scales
+
+    def spec(card_scales):
+        from dataset_scripts.augmentation import AugmentationConfig
+
+        return DataSpec(True, True, ["a", "b"], [6, 4], AugmentationConfig(), 32, card_logit_scales=card_scales)
+
+    assert resolve_teacher_logit_scales(_tiny_config(), spec([14.6, 37.5])) == [14.6, 37.5]
+    assert resolve_teacher_logit_scales(_tiny_config(teacher_logit_scales=[70.0, 60.0]), spec([14.6, 37.5])) \
+        == [70.0, 60.0]
+    assert resolve_teacher_logit_scales(_tiny_config(), spec(None)) == [DEFAULT_TEACHER_LOGIT_SCALE] * 2 == [100.0] * 2
+    assert resolve_teacher_logit_scales(_tiny_config(mode="clip"), spec([14.6, 37.5])) == []
+
+
+def test_card_logit_scales_reach_the_loss_and_explicit_scales_override(fresh_accelerate_state, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from training.train import train
+
+    data = build_reinforced_dataset(tmp_path / "data", num_rows=16, logit_scales=[14.6, 37.5])
+    base = {"train_data": str(data), "per_device_batch_size": 8, "save_steps": 0}
+    from_card = train(_tiny_config(**base, output_dir=str(tmp_path / "card")))
+    resolved = _resolved_config(from_card.model_dir)
+    assert resolved["teacher_logit_scales"] is None and resolved["teacher_logit_scales_resolved"] == [14.6, 37.5]
+    assert "(logit scale 14.6)" in (from_card.model_dir / "README.md").read_text()
+    AcceleratorState._reset_state(True)
+    explicit = train(_tiny_config(**base, teacher_logit_scales=[70.0, 60.0], output_dir=str(tmp_path / "explicit")))
+    assert _resolved_config(explicit.model_dir)["teacher_logit_scales_resolved"] == [70.0, 60.0]

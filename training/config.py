@@ -25,6 +25,7 @@ import yaml
 
 
 MODES = ("reinforced", "clip", "online")
+CAPTION_MODES = ("both", "random")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb", "all", "none")
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -64,6 +65,10 @@ class TrainingConfig:
     """Synthetic-caption column (a list of strings) of data without stored augmentations."""
     use_synthetic_captions: bool = True
     """Add the (image, synthetic caption) batch B_syn when the data has synthetic captions."""
+    caption_mode: str = "both"
+    """`both`: the ground-truth batch plus a synthetic-caption batch B_syn (the paper's recipe); `random`: one
+    caption per sample and epoch, drawn uniformly among its ground-truth and synthetic captions, no B_syn (open_clip's
+    mix-synthetic). The draws do not depend on `mode`: clip and reinforced runs with one seed see the same data."""
     num_workers: int = 4
     """DataLoader worker processes per training process (decoding and augmentation replay)."""
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
@@ -78,7 +83,8 @@ class TrainingConfig:
     """Teacher specs (`open_clip:ARCH:PRETRAINED`, `hf:PATH`). Online mode: the models to run. Reinforced mode:
     optional, checked against the dataset card (which otherwise supplies them)."""
     teacher_logit_scales: list[float] | None = None
-    """Per-teacher logit scale (inverse temperature) in teacher order; default 100 each (MobileCLIP v1)."""
+    """Per-teacher logit scale (inverse temperature) in teacher order. Default: in mode reinforced the teachers'
+    learned scales recorded in the dataset card when it records all of them, else 100 each (MobileCLIP v1)."""
     local_loss: bool = False
     """Score local rows against global columns (O(b x B) memory instead of O(B^2)); same loss and gradients."""
 
@@ -184,6 +190,9 @@ class TrainingConfig:
         """Checks that need nothing but the config (data- and process-dependent checks run at start-up)."""
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        if self.caption_mode not in CAPTION_MODES:
+            raise ConfigError(f"caption_mode must be one of {CAPTION_MODES}, got {self.caption_mode!r}: 'both' "
+                              "(ground-truth plus synthetic-caption batch) or 'random' (one caption drawn per sample).")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}.")
         unknown = [name for name in self.trackers if name not in TRACKERS]
@@ -389,4 +398,4 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     return build_config(config_path, overrides)
 
 
-__all__ = ["ConfigError", "MODES", "TrainingConfig", "build_config", "parse_args", "read_yaml_config"]
+__all__ = ["CAPTION_MODES", "ConfigError", "MODES", "TrainingConfig", "build_config", "parse_args", "read_yaml_config"]

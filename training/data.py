@@ -8,7 +8,9 @@ Order and randomness are functions of `(seed, epoch, row)` only:
   a run resumes exactly from its step counter alone: step -> (epoch, batch within the epoch).
 * :class:`TrainingSamples` derives each sample's random choices (which stored augmentation and synthetic caption,
   drawn by `dataset_scripts.training_view` from `(seed, epoch, uid)`; for data without stored augmentations a
-  fresh view and one caption of a list, from `(seed, epoch, row)`), independent of DataLoader workers and GPUs.
+  fresh view and one caption of a list, from `(seed, epoch, row)`), independent of DataLoader workers and GPUs,
+  and of `mode`: a clip baseline and a reinforced student with the same seed and `caption_mode` see the same
+  views and captions.
 
 The dataset is map-style (`load_dataset` without streaming), which `datasets` backs with an Arrow cache on disk.
 
@@ -54,6 +56,8 @@ class DataSpec:
     augmentation: AugmentationConfig
     """How the stored augmentations were recorded (the card's), or the defaults."""
     num_rows: int
+    card_logit_scales: list[float] | None = None
+    """Mode reinforced: the teachers' learned logit scales recorded in the card (None unless all are recorded)."""
 
 
 def load_train_dataset(config: TrainingConfig) -> datasets.Dataset:
@@ -115,6 +119,7 @@ def validate_dataset(
         raise DataValidationError(f"{where} split {config.train_split!r} is empty.")
 
     has_syn = config.synthetic_caption_column in columns
+    card_logit_scales = None
     augmentation = AugmentationConfig()
     specs: list[str] = list(config.teachers)
     dims: list[int] = list(teacher_dims or [])
@@ -129,7 +134,7 @@ def validate_dataset(
                 f"`teachers` {config.teachers} differ from the teachers recorded in the card of {config.train_data}: "
                 f"{card_specs} (embedding order matters for the per-teacher logit scales). Drop `teachers` or fix it."
             )
-        specs, dims = card_specs, metadata.teacher_dims
+        specs, dims, card_logit_scales = card_specs, metadata.teacher_dims, metadata.teacher_logit_scales
         stored_rows = {"image_emb": metadata.num_augmentations, "text_emb": 1 + metadata.num_synthetic_captions}
         for column, rows in stored_rows.items():
             shape = tuple(getattr(dataset.features[column], "shape", ()) or ())
@@ -152,6 +157,7 @@ def validate_dataset(
         teacher_dims=dims,
         augmentation=augmentation,
         num_rows=len(dataset),
+        card_logit_scales=card_logit_scales,
     )
 
 
@@ -216,7 +222,9 @@ class TrainingSamples(torch.utils.data.Dataset):
 
     Reinforced-format rows go through `dataset_scripts.training_view` (one stored augmentation replayed at the
     student's size, one synthetic caption, the matching teacher embeddings); other data gets a fresh
-    RandomResizedCrop + RandAugment view per epoch. Views are returned as uint8 either way.
+    RandomResizedCrop + RandAugment view per epoch. Views are returned as uint8 either way. `caption_mode`
+    "random" draws one caption among the ground truth and the synthetic ones instead of a B_syn caption; without
+    synthetic captions (none in the data, or `use_synthetic_captions` false) both modes give the ground truth.
     """
 
     def __init__(self, dataset: datasets.Dataset, config: TrainingConfig, spec: DataSpec, image_size: int,
@@ -225,10 +233,12 @@ class TrainingSamples(torch.utils.data.Dataset):
         self.image_size, self.resample = image_size, resample
         self.with_targets = config.mode == "reinforced"
         self.length = len(dataset)
+        # "random" would otherwise still draw synthetic captions that use_synthetic_captions switched off.
+        self.caption_mode = config.caption_mode if spec.use_synthetic_captions else "both"
         if spec.reinforced_format:
             self.view = _EpochKeyedView(
-                tokenizer, image_size=image_size, interpolation=resample,
-                reference_size=spec.augmentation.size, seed=config.seed, synthetic=spec.use_synthetic_captions,
+                tokenizer, image_size=image_size, interpolation=resample, reference_size=spec.augmentation.size,
+                seed=config.seed, caption_mode=self.caption_mode, synthetic=spec.use_synthetic_captions,
             )  # mean 0 / std 1: [0, 1] pixels, turned back into exact uint8 below; we normalise on the device
             self.rows = dataset.with_format("arrow")
             self.texts = dataset.select_columns(["caption", "syn_captions"]) if keep_text else None
@@ -267,11 +277,14 @@ class TrainingSamples(torch.utils.data.Dataset):
             sample["syn_input_ids"] = out["syn_input_ids"]
         if self.with_targets:
             sample.update({k: out[k] for k in ("image_emb", "text_emb", "syn_text_emb") if k in out})
-        if self.keep_text:
-            texts = self.texts[row]
-            sample["caption"] = texts["caption"]
+        if self.keep_text:  # online teachers embed the very captions the student sees
+            texts, syn_index = self.texts[row], out["syn_index"]
+            # syn_index -1: no synthetic caption drawn, or the ground truth standing in for one (training_view).
+            drawn = texts["syn_captions"][syn_index] if syn_index >= 0 else texts["caption"]
             if "syn_input_ids" in out:
-                sample["syn_caption"] = texts["syn_captions"][out["syn_index"]]
+                sample["caption"], sample["syn_caption"] = texts["caption"], drawn
+            else:  # caption_mode "random": input_ids hold the drawn caption
+                sample["caption"] = drawn
         return sample
 
     def _plain(self, row: int, epoch: int) -> dict[str, Any]:
@@ -290,7 +303,11 @@ class TrainingSamples(torch.utils.data.Dataset):
         params = sample_augmentation(image.height, image.width, self.augmentation, generator)
         view = apply_augmentation(image, params, self.image_size, self.resample)
         sample: dict[str, Any] = {"pixel_values": pil_to_tensor(view), "caption": caption}
-        if self.spec.use_synthetic_captions:
+        if self.spec.use_synthetic_captions and self.caption_mode == "random":
+            synthetic = list(record[self.config.synthetic_caption_column] or [])
+            choice = int(torch.randint(1 + len(synthetic), (1,), generator=generator))
+            sample["caption"] = synthetic[choice - 1] if choice else caption
+        elif self.spec.use_synthetic_captions:
             synthetic = record[self.config.synthetic_caption_column]
             if not synthetic:
                 raise self._fail(row, f"column {self.config.synthetic_caption_column!r} is empty; set "

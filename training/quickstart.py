@@ -1,35 +1,35 @@
-"""End-to-end quickstart on the bundled emoji data: reinforce -> train -> evaluate -> reload, in a few CPU minutes.
+"""The main job: does reinforced training learn faster than plain CLIP training? Measured end to end on real data.
 
-    python -m training.quickstart [--output-dir runs/quickstart] [--samples N] [--steps S] [--batch-size B]
-        [--num-augmentations A] [--kd-weight L] [--eval-samples E] [--seed 0] [--num-threads T]
+    python -m training.quickstart [--output-dir runs/quickstart] [--scale tiny|default|full] [--device cpu|cuda]
+        [--teacher SPEC [--teacher SPEC ...]] [--captioner SPEC] [--seed 0] [--num-threads T]
 
-Every stage calls the project's own functions in this one process, the same code paths as the command lines:
+MobileCLIP's claim is learning efficiency: a dataset reinforced once with a teacher ensemble's embeddings of
+recorded augmentations teaches a student far more per sample than the captions alone (arXiv 2311.17049, Fig. 6).
+No pretrained weights can be fetched here, so the experiment makes its own teacher from the bundled emoji data
+(`dataset_scripts/data/emoji`: the same 1,906 emoji drawn in two art styles, Twemoji and Noto, with CLDR names
+and captions; the `split` column holds 10% of the emoji out as `val` in both styles):
 
-1. **Reinforce** (`dataset_scripts.reinforce`): the first N rows (default: all 1688) of the bundled Twemoji set's
-   `train` split (`dataset_scripts/data/emoji`, selected by the dataset's own `split` column) get A recorded
-   augmentations and the embeddings of a two-teacher ensemble. The teachers are two *randomly initialised*
-   `mobileclip-tiny` models saved as folders and passed as `hf:` teachers; no captioner (K = 0 synthetic captions).
-2. **Evaluate the initialisation** (`evaluation.zero_shot`, `evaluation.retrieval`): zero-shot classification of
-   the 9 emoji categories and caption retrieval on the 218 held-out `val` rows, for the model `train` is about to
-   start from (same seed, same construction).
-3. **Train** (`training.train.train`): `mobileclip-tiny` for S steps in mode `reinforced` with the
-   `training/configs/tiny-cpu.yaml` preset, the code path of `accelerate launch training/train.py --config
-   training/configs/tiny-cpu.yaml --train_data DIR`, writing `OUTPUT/train/model`.
-4. **Reload**: `AutoModel.from_pretrained(OUTPUT/train/model, trust_remote_code=True)` must give the same image
-   and text embeddings as the model that just finished training in memory.
-5. **Evaluate the trained model** (the reloaded folder) on the same rows, then print a table (loss, metrics
-   before/after, chance levels) and the next commands; everything is also in `OUTPUT/quickstart_summary.json`.
+1. **Teacher.** `mobileclip-tiny-wide` (twice the student's width) trained with the plain CLIP loss on the
+   `train` rows of *both* styles. `--teacher open_clip:ARCH:PRETRAINED` / `--teacher hf:DIR` (repeatable: an
+   ensemble) uses real teachers instead.
+2. **Reinforce** the students' data, the `train` rows of Twemoji, with `dataset_scripts.reinforce`: N recorded
+   augmentations with the teachers' embeddings, plus the teachers' embeddings of *every* caption of an emoji (the
+   `column:captions` captioner: the dataset's own captions fill the caption slots; `--captioner` adds real
+   synthetic captions instead). The card records each teacher's learned logit scale, which training uses.
+3. **Two students**, `mobileclip-tiny`, identical but for the loss: `--mode clip` (the baseline) and
+   `--mode reinforced` (lambda = 1: distillation only, the MobileCLIP recipe), same initialisation, same data
+   order, same views and captions (one caption of each emoji drawn per epoch), same steps.
+4. **Learning curves.** Each student's checkpoints are evaluated on two held-out sets the students never saw:
+   the `val` rows of Twemoji and *every* Noto emoji (an unseen art style). Metrics: zero-shot classification over
+   all 1,906 emoji names (top-5 on Noto is the primary metric), over subcategories and categories, and
+   image-text retrieval. The teacher is scored on the same sets (it trained on Noto's `train` rows, so its Noto
+   score is not held out for it).
+5. **Report.** A table, `learning_curves.png`, `learning_curves.json`, both students as AutoModel folders
+   (`students/clip`, `students/reinforced`) and, as the last line, `learning-efficiency factor: <X>x`: the plain
+   student's steps divided by the step at which the reinforced student reaches the plain student's final score.
 
-**What the numbers mean.** Random teachers carry no semantics: their embeddings of an image and of its caption
-are unrelated, so the distillation term only teaches the student to mimic two arbitrary functions (its loss falls,
-which shows the machinery works, not that anything useful was learned). Whatever image-text alignment the student
-gains comes from the CLIP term on the ground-truth captions, which is why the quickstart trains with
-lambda = `--kd-weight` 0.5 instead of the recipe's 1.0: at 1.0 the captions enter only through the random teachers
-(measured: after 900 steps at lambda 1.0 the loss fell 7x while every held-out metric stayed at chance). Real runs
-reinforce with pretrained teachers (`open_clip:ViT-L-14:openai`, ...): see the README.
-
-Rerunning the same command resumes: finished reinforcement parts are skipped and training continues from its
-latest checkpoint (`training/checkpointing.py`). Other settings need another `--output-dir` (checked).
+Every stage resumes: a rerun with the same settings reuses the teacher, the reinforced data, finished students
+and evaluated points, and continues an interrupted training from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -44,52 +44,59 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+from typing import Any  # noqa: E402
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
 
 import dataset_scripts  # noqa: E402
 
-if TYPE_CHECKING:
-    from evaluation.datasets_io import EvalDataset
-    from evaluation.zero_shot import ZeroShotTask
+from training import learning_efficiency as le  # noqa: E402
 
 
 EMOJI_DIR = Path(dataset_scripts.__file__).resolve().parent / "data" / "emoji"
-EMOJI_CONFIG = "twitter"
+STUDENT_STYLE, UNSEEN_STYLE = "twitter", "google"
+STYLE_NAMES = {"twitter": "Twemoji", "google": "Noto"}
+STUDENT_VARIANT, TEACHER_VARIANT = "mobileclip-tiny", "mobileclip-tiny-wide"
 PRESET = "tiny-cpu.yaml"
-VARIANT = "mobileclip-tiny"
-TEACHER_SEEDS = (100, 101)
 SETTINGS_FILE = "quickstart_settings.json"
-SUMMARY_FILE = "quickstart_summary.json"
-# Category prompts as in the README's emoji example (class names: `category_prompt_names` of classnames.json).
-ZERO_SHOT_TEMPLATES = ["an emoji of {c}.", "a {c} emoji.", "an icon of {c}."]
-RECALL_K = (1, 5)
-EMBEDDING_TOLERANCE = 1e-5
+CURVES_FILE = "learning_curves.json"
+PLOT_FILE = "learning_curves.png"
+PRIMARY_SET, PRIMARY_METRIC = "unseen_style", "names/acc5"
+# One fixed prompt per task, written before any measurement (the captions use the same phrasing for names).
+TEMPLATES = {"names": "an emoji of a {}", "subcategories": "a {} emoji", "categories": "an emoji of {}"}
+MODES = ("clip", "reinforced")
 
 
 @dataclass
-class QuickstartSettings:
-    """What fixes the quickstart's outputs; a rerun into the same folder must use the same values."""
+class Settings:
+    """What fixes the experiment's outputs; a rerun into the same folder must use the same values."""
 
-    samples: int | None = None
-    steps: int = 1200
-    batch_size: int = 32
-    num_augmentations: int = 4
-    kd_weight: float = 0.5
-    eval_samples: int | None = None
+    scale: str = "default"
+    teacher_steps: int = 800
+    teacher_batch_size: int = 64
+    teacher_learning_rate: float = 2e-3
+    student_steps: int = 1200
+    student_batch_size: int = 32
+    student_learning_rate: float = 2e-3
+    num_augmentations: int = 8
+    kd_weight: float = 1.0
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    eval_points: int = 12
+    rows_per_style: int | None = None
+    """Use only the first N rows of each style (tiny runs); None: all 1,906."""
+    teachers: tuple[str, ...] = ()
+    captioner: str = "none"
     seed: int = 0
 
     def check_against(self, output_dir: Path) -> None:
         """Record the settings on the first run; refuse a rerun with other settings (it would mix two runs)."""
         path = output_dir / SETTINGS_FILE
-        current = dataclasses.asdict(self)
+        current = json.loads(json.dumps(dataclasses.asdict(self)))
         if path.is_file():
             saved = json.loads(path.read_text())
             changed = [f"{key}: {saved.get(key)!r} before, {value!r} now" for key, value in current.items()
@@ -102,91 +109,126 @@ class QuickstartSettings:
         path.write_text(json.dumps(current, indent=1))
 
 
-@dataclass
-class QuickstartSummary:
-    """Everything the quickstart measured (also written as JSON to `OUTPUT/quickstart_summary.json`)."""
-
-    output_dir: str
-    model_dir: str
-    reinforced_data: str
-    train_rows: int
-    eval_rows: int
-    eval_captions: int
-    steps: int
-    loss_first: float
-    loss_last: float
-    history: list[dict[str, float]]
-    metrics: dict[str, dict[str, float]]
-    chance: dict[str, float]
-    reload_max_abs_diff: float
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+SCALES = {
+    # End to end in seconds: the CI test of every artefact (not of the factor's value).
+    "tiny": dict(teacher_steps=6, teacher_batch_size=16, student_steps=8, student_batch_size=16,
+                 num_augmentations=2, eval_points=4, rows_per_style=80),
+    # Two CPU cores, about 15 minutes, teacher included.
+    "default": {},
+    # One GPU: a longer teacher and longer students with more augmentations.
+    "full": dict(teacher_steps=6000, teacher_batch_size=256, student_steps=4000, student_batch_size=128,
+                 num_augmentations=16, eval_points=20),
+}
 
 
 # ------------------------------------------------------------------------------------------------------ data
 
 
-def load_emoji() -> datasets.Dataset:
-    """All rows of the bundled Twemoji set (`dataset_scripts/data/emoji`, config `twitter`)."""
-    if not (EMOJI_DIR / f"{EMOJI_CONFIG}.parquet").is_file():
-        raise FileNotFoundError(f"The bundled emoji data is missing from {EMOJI_DIR} (expected "
-                                f"{EMOJI_CONFIG}.parquet); reinstall the package (`pip install -e .`).")
-    return datasets.load_dataset(str(EMOJI_DIR), EMOJI_CONFIG, split="train")
+def load_style(style: str, limit: int | None) -> datasets.Dataset:
+    """All rows of one bundled emoji style (or the first `limit`)."""
+    if not (EMOJI_DIR / f"{style}.parquet").is_file():
+        raise FileNotFoundError(f"The bundled emoji data is missing from {EMOJI_DIR} (expected {style}.parquet); "
+                                "reinstall the package (`pip install -e .`).")
+    rows = datasets.load_dataset(str(EMOJI_DIR), style, split="train")
+    return rows.select(range(min(limit, len(rows)))) if limit else rows
 
 
-def split_rows(emoji: datasets.Dataset, split: str, limit: int | None, flag: str) -> datasets.Dataset:
-    """The first `limit` rows whose `split` column is `split` (the card's deterministic split on code points)."""
-    rows = emoji.filter(lambda value: value == split, input_columns="split")
-    if limit is not None:
-        if limit > len(rows):
-            raise ValueError(f"{flag} {limit} asks for more {split!r} rows than the emoji set has ({len(rows)}).")
-        rows = rows.select(range(limit))
-    return rows
+def train_rows(rows: datasets.Dataset) -> datasets.Dataset:
+    return rows.filter(lambda value: value == "train", input_columns="split")
 
 
-def write_source(train_rows: datasets.Dataset, path: Path) -> Path:
-    """The rows to reinforce as one Parquet file (images keep their PNG bytes); written once, atomically."""
+def write_parquet_once(rows: datasets.Dataset, path: Path) -> Path:
+    """`rows` as one Parquet file (images keep their PNG bytes); written once, atomically."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".parquet.tmp")
-        train_rows.select_columns(["image", "unified", "captions"]).to_parquet(str(staging))
+        staging = path.with_name(path.name + ".tmp")
+        rows.to_parquet(str(staging))
         os.replace(staging, path)
     return path
 
 
-def build_random_teachers(folder: Path) -> list[Path]:
-    """Two randomly initialised `mobileclip-tiny` folders (seeded, so reruns and resumes see the same teachers)."""
-    from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
-    from modeling_mobileclip.convert import save_model_folder
-    from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
-
-    paths = []
-    for index, seed in enumerate(TEACHER_SEEDS):
-        path = folder / f"random-teacher-{index}"
-        if not (path / "config.json").is_file():
-            staging = path.with_name(path.name + ".tmp")
-            shutil.rmtree(staging, ignore_errors=True)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                teacher = MobileCLIPModel(MobileCLIPConfig.from_variant(VARIANT)).eval()
-            save_model_folder(teacher, staging, MobileCLIPProcessor.from_variant(VARIANT))
-            os.replace(staging, path)
-        paths.append(path)
-    return paths
+def build_held_out_sets(student_style: datasets.Dataset, unseen_style: datasets.Dataset) -> dict[str, le.HeldOutSet]:
+    classnames = json.loads((EMOJI_DIR / "classnames.json").read_text())
+    val = student_style.filter(lambda value: value == "val", input_columns="split")
+    return {
+        "val": le.build_held_out_set(
+            "val", f"{STYLE_NAMES[STUDENT_STYLE]} val ({len(val)} held-out emoji)", val, classnames, TEMPLATES,
+            student_style["name"]),
+        "unseen_style": le.build_held_out_set(
+            "unseen_style", f"{STYLE_NAMES[UNSEEN_STYLE]}, unseen style (all {len(unseen_style)} emoji)",
+            unseen_style, classnames, TEMPLATES, unseen_style["name"]),
+    }
 
 
-def reinforce_emoji(source: Path, teachers: list[Path], output: Path, settings: QuickstartSettings) -> Path:
-    """`python -m dataset_scripts.reinforce` on the source rows, in process (resumes a partial output)."""
+# ------------------------------------------------------------------------------------------------------ stages
+
+
+def _config(settings: Settings, device: str, **overrides: Any):
+    from training.config import CONFIGS_DIR, build_config
+
+    return build_config(CONFIGS_DIR / PRESET, {
+        "seed": settings.seed, "resume_from_checkpoint": "latest", "report_to": "none", "num_workers": 0,
+        "mixed_precision": "bf16" if device == "cuda" else "no", "save_total_limit": None, **overrides,
+    })
+
+
+def _copy_folder_once(source: Path, destination: Path) -> Path:
+    if not (destination / "config.json").is_file():
+        staging = destination.with_name(destination.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        shutil.rmtree(destination, ignore_errors=True)
+        os.replace(staging, destination)
+    return destination
+
+
+def train_teacher(settings: Settings, source: Path, output_dir: Path, device: str) -> Path:
+    """A `mobileclip-tiny-wide` CLIP model trained on both styles' train rows (reused when already saved)."""
+    from training.train import train
+
+    folder = output_dir / "teacher" / "model"
+    if (folder / "config.json").is_file():
+        print(f"Reusing the teacher in {folder}.")
+        return folder
+    config = _config(
+        settings, device, variant=TEACHER_VARIANT, mode="clip", train_data=str(source), caption_column="captions",
+        output_dir=str(output_dir / "teacher" / "run"), max_steps=settings.teacher_steps,
+        per_device_batch_size=settings.teacher_batch_size, learning_rate=settings.teacher_learning_rate,
+        warmup_steps=max(1, settings.teacher_steps // 10), crop_scale=list(settings.crop_scale),
+        save_steps=max(1, settings.teacher_steps // 4), save_total_limit=1,
+        logging_steps=max(1, settings.teacher_steps // 20),
+    )
+    result = train(config)
+    return _copy_folder_once(result.model_dir, folder)
+
+
+def check_teachers(specs: list[str], device: str) -> list[str]:
+    """Load every `--teacher` spec now, before any work; an ensemble must share one embedding size."""
+    from dataset_scripts.teachers import load_teachers
+
+    loaded = load_teachers(specs, torch.device(device), torch.float32)
+    dims = {teacher.spec: teacher.dim for teacher in loaded}
+    if len(set(dims.values())) > 1:
+        raise ValueError("The --teacher ensemble mixes embedding sizes: " +
+                         ", ".join(f"{spec!r} has {dim}" for spec, dim in dims.items()) +
+                         "; use teachers with one embedding size.")
+    return specs
+
+
+def reinforce_student_data(settings: Settings, source: Path, teachers: list[str], output: Path, device: str) -> Path:
+    """`python -m dataset_scripts.reinforce` on the students' rows, in process (resumes a partial output)."""
     from dataset_scripts.reinforce import build_parser, reinforce
 
+    if settings.captioner == "none":  # every ground-truth caption gets teacher embeddings; none is synthetic
+        captions = ["--captioner", "column:captions", "--num-synthetic-captions", "3"]
+    else:
+        captions = ["--captioner", settings.captioner]
     args = build_parser().parse_args([
-        "--source", str(source), "--split", "train", "--output", str(output),
-        "--teachers", ",".join(f"hf:{path}" for path in teachers), "--captioner", "none",
-        "--num-augmentations", str(settings.num_augmentations), "--caption-column", "captions",
-        "--uid-column", "unified", "--image-size", "64", "--dtype", "float32", "--batch-size", "64",
-        "--shard-size", "256", "--num-workers", "0", "--seed", str(settings.seed),
+        "--source", str(source), "--split", "train", "--output", str(output), "--teachers", ",".join(teachers),
+        *captions, "--num-augmentations", str(settings.num_augmentations), "--caption-column", "captions",
+        "--uid-column", "unified", "--image-size", "64", "--dtype", "bfloat16" if device == "cuda" else "float32",
+        "--batch-size", "64", "--shard-size", "1024", "--num-workers", "0", "--seed", str(settings.seed),
+        "--no-progress" if settings.scale == "tiny" else "--max-teacher-batch=1024",
     ])
     report = reinforce(args)
     if not report["complete"] or report["written"] == 0:
@@ -194,83 +236,92 @@ def reinforce_emoji(source: Path, teachers: list[Path], output: Path, settings: 
     return output
 
 
-# ------------------------------------------------------------------------------------------------------ evaluation
+def train_student(mode: str, settings: Settings, data: Path, output_dir: Path, device: str) -> Path:
+    """One student; checkpoints every `student_steps / eval_points` steps are the points of its learning curve."""
+    from training.train import train
+
+    folder = output_dir / "students" / mode
+    if (folder / "config.json").is_file():
+        print(f"Reusing the {mode} student in {folder}.")
+        return folder
+    steps = settings.student_steps
+    config = _config(
+        settings, device, variant=STUDENT_VARIANT, mode=mode, train_data=str(data), caption_mode="random",
+        output_dir=str(output_dir / "runs" / mode), max_steps=steps, per_device_batch_size=settings.student_batch_size,
+        learning_rate=settings.student_learning_rate, warmup_steps=max(1, steps // 10),
+        save_steps=eval_interval(settings), logging_steps=max(1, steps // 20),
+        **({"kd_weight": settings.kd_weight} if mode == "reinforced" else {}),
+    )
+    result = train(config)
+    return _copy_folder_once(result.model_dir, folder)
 
 
-@dataclass
-class HeldOut:
-    """The held-out rows, prepared once for both models (zero-shot task, retrieval captions)."""
-
-    loaded: EvalDataset
-    zero_shot_task: ZeroShotTask
-    retrieval: tuple[str, list[list[str]]]
-    """(image column, the captions of each row), as `evaluation.retrieval.prepare_retrieval` returns them."""
+def eval_interval(settings: Settings) -> int:
+    return max(1, settings.student_steps // settings.eval_points)
 
 
-def prepare_held_out(val_rows: datasets.Dataset) -> HeldOut:
-    """Validates the held-out rows for both tasks before any model runs."""
-    from evaluation.datasets_io import EvalDataset, read_classnames
-    from evaluation.retrieval import prepare_retrieval
-    from evaluation.zero_shot import prepare_zero_shot
-
-    loaded = EvalDataset(val_rows, f"emoji {EMOJI_CONFIG} (val rows)")
-    classnames = read_classnames(str(EMOJI_DIR / "classnames.json"), "category_prompt_names")
-    task = prepare_zero_shot(loaded, "image", "category", classnames, ZERO_SHOT_TEMPLATES)
-    return HeldOut(loaded, task, prepare_retrieval(loaded, "image", "captions"))
+def curve_steps(settings: Settings) -> list[int]:
+    interval = eval_interval(settings)
+    return [0, *range(interval, settings.student_steps, interval), settings.student_steps]
 
 
-def evaluate_model(model: torch.nn.Module, processor: Any, held_out: HeldOut, accelerator) -> dict[str, float]:
-    """Zero-shot category accuracy and caption retrieval recall on the held-out rows (CLIP_benchmark semantics)."""
-    from evaluation.retrieval import evaluate_retrieval
-    from evaluation.zero_shot import run_zero_shot
+def _student_at(step: int, mode: str, settings: Settings, output_dir: Path):
+    """The student's weights after `step` steps: the shared initialisation, a checkpoint or the final folder."""
+    from safetensors.torch import load_file
 
-    model.eval()
-    zero_shot = run_zero_shot(model, processor, held_out.zero_shot_task, accelerator, batch_size=64)
-    retrieval = evaluate_retrieval(model, processor, held_out.loaded, accelerator, recall_k=RECALL_K,
-                                   batch_size=64, prepared=held_out.retrieval)
-    return {**{f"zero_shot/{k}": float(v) for k, v in zero_shot.metrics.items()},
-            **{f"retrieval/{k}": float(v) for k, v in retrieval.metrics.items()}}
+    from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
 
+    if step == settings.student_steps:
+        return MobileCLIPModel.from_pretrained(output_dir / "students" / mode)
+    from accelerate.utils import set_seed
 
-def chance_levels(held_out: HeldOut) -> dict[str, float]:
-    """What a model scoring at random would get on these rows (uniform guesses; exact expectations)."""
-    num_classes = len(held_out.zero_shot_task.classnames)
-    captions_per_image = [len(c) for c in held_out.retrieval[1]]
-    num_images, num_captions = len(captions_per_image), sum(captions_per_image)
-    levels = {"zero_shot/acc1": 1 / num_classes, "zero_shot/acc5": min(1.0, 5 / num_classes),
-              "zero_shot/mean_per_class_recall": 1 / num_classes}
-    for k in RECALL_K:
-        levels[f"retrieval/image_retrieval_recall@{k}"] = min(1.0, k / num_images)
-        # An image counts as found when any of its c captions is among k random picks of all captions.
-        levels[f"retrieval/text_retrieval_recall@{k}"] = sum(
-            1 - math.comb(num_captions - c, k) / math.comb(num_captions, k) for c in captions_per_image) / num_images
-    return levels
+    set_seed(settings.seed)  # what `train` does right before building the student: the same initial weights
+    model = MobileCLIPModel(MobileCLIPConfig.from_variant(STUDENT_VARIANT))
+    if step:
+        weights = output_dir / "runs" / mode / "checkpoints" / f"step_{step}" / "model.safetensors"
+        model.load_state_dict(load_file(str(weights)))
+    return model
 
 
-@torch.no_grad()
-def max_embedding_difference(reloaded: torch.nn.Module, in_memory: torch.nn.Module, processor: Any,
-                             held_out: HeldOut, count: int = 16) -> float:
-    """Largest |difference| between the two models' image and text embeddings on held-out images and captions."""
-    rows = held_out.loaded.dataset.select(range(min(count, len(held_out.loaded.dataset))))
-    inputs = processor(text=[captions[0] for captions in rows["captions"]],
-                       images=[image.convert("RGB") for image in rows["image"]], return_tensors="pt")
-    device = next(in_memory.parameters()).device
-    pixels, ids = inputs["pixel_values"].to(device), inputs["input_ids"].to(device)
-    reloaded, in_memory = reloaded.eval().to(device), in_memory.eval()
-    pairs = [(reloaded.encode_image(pixels), in_memory.encode_image(pixels)),
-             (reloaded.encode_text(ids), in_memory.encode_text(ids))]
-    return max(float((a - b).abs().max()) for a, b in pairs)
+def evaluate_students(settings: Settings, held_out: dict[str, le.HeldOutSet], output_dir: Path,
+                      device: str) -> dict[str, list[dict]]:
+    """Every curve point of both students on every held-out set; each point is stored once (reruns reuse it)."""
+    from tqdm.auto import tqdm
+
+    from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
+
+    tokenizer = MobileCLIPProcessor.from_variant(STUDENT_VARIANT).tokenizer
+    points_dir = output_dir / "curve_points"
+    points_dir.mkdir(parents=True, exist_ok=True)
+    curves: dict[str, list[dict]] = {}
+    work = [(mode, step) for mode in MODES for step in curve_steps(settings)]
+    for mode, step in tqdm(work, desc="learning curves", disable=settings.scale == "tiny"):
+        path = points_dir / f"{mode}_step_{step}.json"
+        if not path.is_file():
+            encoder = le.ModelEncoder(_student_at(step, mode, settings, output_dir), tokenizer, f"{mode}@{step}",
+                                      torch.device(device))
+            point = {"step": step, **{name: le.evaluate_encoder(encoder, data) for name, data in held_out.items()}}
+            staging = path.with_name(path.name + ".tmp")
+            staging.write_text(json.dumps(point))
+            os.replace(staging, path)
+        curves.setdefault(mode, []).append(json.loads(path.read_text()))
+    return curves
+
+
+def evaluate_teachers(specs: list[str], held_out: dict[str, le.HeldOutSet], device: str) -> dict[str, dict]:
+    from dataset_scripts.teachers import load_teachers
+
+    ensemble = le.EnsembleEncoder(load_teachers(specs, torch.device(device), torch.float32))
+    return {name: le.evaluate_encoder(ensemble, data) for name, data in held_out.items()}
 
 
 # ------------------------------------------------------------------------------------------------------ report
 
 
-ROWS = [
-    ("zero-shot acc1", "zero_shot/acc1"),
-    ("zero-shot acc5", "zero_shot/acc5"),
-    ("zero-shot mean per-class recall", "zero_shot/mean_per_class_recall"),
-    *[(f"text->image R@{k}", f"retrieval/image_retrieval_recall@{k}") for k in RECALL_K],
-    *[(f"image->text R@{k}", f"retrieval/text_retrieval_recall@{k}") for k in RECALL_K],
+REPORT_METRICS = [
+    ("names top-5", "names/acc5"), ("names top-1", "names/acc1"),
+    ("subcategories top-1", "subcategories/acc1"), ("categories top-1", "categories/acc1"),
+    ("text->image R@5", "retrieval/image_retrieval_recall@5"), ("image->text R@5", "retrieval/text_retrieval_recall@5"),
 ]
 
 
@@ -281,207 +332,189 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def format_summary(summary: QuickstartSummary) -> str:
-    """The printed report: the table, what the numbers mean, where things are, what to run next."""
-    model_dir, data_dir, emoji = summary.model_dir, summary.reinforced_data, _display_path(EMOJI_DIR)
-    width = max(len(label) for label, _ in ROWS)
-    steps = [0, *(int(row["step"]) for row in summary.history)]
-    first, last = f"1-{steps[1]}", f"{steps[-2] + 1}-{steps[-1]}"
-    lines = [
-        "",
-        f"Quickstart summary: mobileclip-tiny, {summary.steps} steps on {summary.train_rows} reinforced emoji, "
-        f"evaluated on {summary.eval_rows} held-out emoji ({summary.eval_captions} captions)",
-        "",
-        f"{f'training loss, steps {first} / {last}':<{width}}  {summary.loss_first:8.4f} -> {summary.loss_last:.4f}"
-        "  (mean over each logging window)",
-        "",
-        f"{'metric (%)':<{width}}  {'init':>8}  {'trained':>8}  {'chance':>8}",
-    ]
-    for label, key in ROWS:
-        before, after = summary.metrics["init"][key], summary.metrics["trained"][key]
-        lines.append(f"{label:<{width}}  {100 * before:8.2f}  {100 * after:8.2f}  {100 * summary.chance[key]:8.2f}")
+def format_report(curves: dict[str, Any], factor: dict[str, Any], output_dir: Path) -> str:
+    """The printed table: final scores of both students, the teacher and chance on both held-out sets."""
+    lines = ["", f"Learning efficiency: {STUDENT_VARIANT} students, {curves['student_steps']} steps each, "
+                 f"teacher {', '.join(curves['teachers'])}", ""]
+    header = f"{'metric (%)':<22} {'clip':>7} {'reinf.':>7} {'teacher':>8} {'chance':>7}"
+    for set_name, description in curves["held_out_sets"].items():
+        lines += [description, header]
+        for label, key in REPORT_METRICS:
+            plain, reinforced = (curves["students"][mode][-1][set_name][key] for mode in MODES)
+            teacher = curves["teacher"][set_name][key]
+            lines.append(f"{label:<22} {100 * plain:7.2f} {100 * reinforced:7.2f} {100 * teacher:8.2f} "
+                         f"{100 * curves['chance'][set_name][key]:7.2f}")
+        lines.append("")
+    reached = factor.get("reinforced_step_reaching_plain_final")
+    primary = f"{curves['held_out_sets'][PRIMARY_SET]} {PRIMARY_METRIC}"
+    if reached is not None:
+        lines.append(f"Primary metric ({primary}): the plain student ends at {100 * factor['plain_final']:.2f}%; the "
+                     f"reinforced student reaches that at step {reached:.0f} of {curves['student_steps']}.")
+    else:
+        lines.append(f"Primary metric ({primary}): the reinforced student never reaches the plain student's final "
+                     f"{100 * factor['plain_final']:.2f}%; the factor below is the plain student's step reaching the "
+                     "reinforced final, over the total steps.")
     lines += [
+        f"Teacher note: the teacher trained on the {STYLE_NAMES[UNSEEN_STYLE]} train rows, so only the students are "
+        f"held out from the {STYLE_NAMES[UNSEEN_STYLE]} set.",
         "",
-        f"Reloaded with AutoModel.from_pretrained(..., trust_remote_code=True): embeddings match the in-memory model "
-        f"(max |diff| {summary.reload_max_abs_diff:.1e}).",
-        "",
-        "Read with care: the two teachers have random weights, so the distillation targets carry no semantics "
-        "(the distillation loss falls because the student learns to mimic two arbitrary functions). Any gain over "
-        "the init comes from the CLIP term on the ground-truth captions: compare each metric with the chance column. "
-        "This run exercises the whole pipeline, it is not a recipe; real runs reinforce with pretrained teachers.",
-        "",
-        f"Model folder:      {model_dir}",
-        f"Reinforced data:   {data_dir}",
-        f"Summary JSON:      {_display_path(Path(summary.output_dir) / SUMMARY_FILE)}",
-        "",
-        "Next:",
-        f"  python -m evaluation.zero_shot --model {model_dir} --dataset {emoji} --config {EMOJI_CONFIG} --split train "
-        f"--label-column category --classnames {emoji}/classnames.json --classnames-key category_prompt_names"
-        "   # all 1906 rows, trained ones included",
-        f"  python -m evaluation.retrieval --model {model_dir} --dataset {emoji} --config {EMOJI_CONFIG} --split train "
-        "--caption-column captions",
-        f"  accelerate launch training/train.py --config training/configs/{PRESET} --train_data {data_dir} "
-        f"--kd_weight 0.5 --max_steps 3000 --output_dir {_display_path(Path(summary.output_dir) / 'longer')}",
-        f"  tensorboard --logdir {_display_path(Path(summary.output_dir) / 'train')}",
-        "  python -m dataset_scripts.reinforce --source SRC --teachers open_clip:ViT-L-14:openai,"
-        "open_clip:ViT-L-14:datacomp_xl_s13b_b90k ...   (real teachers; see the README)",
+        f"Students (AutoModel folders): {_display_path(output_dir / 'students' / 'clip')}, "
+        f"{_display_path(output_dir / 'students' / 'reinforced')}",
+        f"Learning curves: {_display_path(output_dir / CURVES_FILE)}",
+        f"Plot: {_display_path(output_dir / PLOT_FILE)}",
     ]
     return "\n".join(lines)
+
+
+def format_factor(factor: float) -> str:
+    return f"learning-efficiency factor: {factor:.2f}x"
 
 
 # ------------------------------------------------------------------------------------------------------ main
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, QuickstartSettings]:
-    defaults = QuickstartSettings()
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(prog="python -m training.quickstart", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/quickstart", help="everything goes here (reruns resume)")
-    parser.add_argument("--samples", type=int, default=defaults.samples,
-                        help="train-split emoji to reinforce and train on (default: all 1688)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default {defaults.steps})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help=f"training batch (default {defaults.batch_size})")
-    parser.add_argument("--num-augmentations", type=int, default=defaults.num_augmentations,
-                        help=f"augmentations recorded per image (default {defaults.num_augmentations})")
-    parser.add_argument("--kd-weight", type=float, default=defaults.kd_weight,
-                        help=f"lambda of (1 - lambda) CLIP + lambda KD (default {defaults.kd_weight}; see above)")
-    parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples,
-                        help="held-out (val) emoji to evaluate on (default: all 218)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--num-threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice; 1 is fastest on a busy machine)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="default",
+                        help="tiny: seconds (tests); default: ~15 min on 2 CPU cores; full: a GPU")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--teacher", action="append", default=[], metavar="SPEC",
+                        help="open_clip:ARCH:PRETRAINED or hf:DIR instead of training a teacher (repeat: an ensemble)")
+    parser.add_argument("--captioner", default="none",
+                        help="synthetic captions (e.g. open_clip:coca_ViT-L-14:mscoco_finetuned_laion2b_s13b_b90k); "
+                             "default none: the emoji's own captions only")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the teacher, the data order, the students")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    for name, kind in (("teacher-steps", int), ("student-steps", int), ("num-augmentations", int),
+                       ("kd-weight", float), ("eval-points", int)):
+        parser.add_argument(f"--{name}", type=kind, default=None, help="override the scale's value")
     args = parser.parse_args(argv)
-    for name in ("samples", "steps", "batch_size", "num_augmentations", "eval_samples"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
-    if not 0.0 <= args.kd_weight <= 1.0:
-        parser.error(f"--kd-weight must lie in [0, 1], got {args.kd_weight}.")
-    if args.samples is not None and args.batch_size > args.samples:
-        parser.error(f"--batch-size {args.batch_size} exceeds --samples {args.samples}: a batch needs that many rows.")
-    settings = QuickstartSettings(args.samples, args.steps, args.batch_size, args.num_augmentations, args.kd_weight,
-                                  args.eval_samples, args.seed)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device.")
+    values = {**SCALES[args.scale], "scale": args.scale, "seed": args.seed, "teachers": tuple(args.teacher),
+              "captioner": args.captioner}
+    for name in ("teacher_steps", "student_steps", "num_augmentations", "kd_weight", "eval_points"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    settings = Settings(**values)
+    if settings.student_steps < settings.eval_points or min(settings.teacher_steps, settings.eval_points,
+                                                            settings.num_augmentations) < 1:
+        parser.error("need --teacher-steps, --num-augmentations, --eval-points >= 1 and --student-steps >= "
+                     "--eval-points.")
+    if not 0.0 < settings.kd_weight <= 1.0:
+        parser.error(f"--kd-weight must lie in (0, 1], got {settings.kd_weight}.")
     return args, settings
 
 
-@contextlib.contextmanager
-def library_progress_bars_hidden():
-    """Hide the bars `datasets` and `transformers` draw for each small internal step (filtering, writing Parquet,
-    loading weights), so the stage bars (reinforce, training, evaluation) stay readable; restore them afterwards."""
-    from transformers.utils import logging as transformers_logging
-
-    datasets_bars = datasets.is_progress_bar_enabled()
-    transformers_bars = transformers_logging.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if datasets_bars:
-            datasets.enable_progress_bars()
-        if transformers_bars:
-            transformers_logging.enable_progress_bar()
-
-
-def _stage(number: int, text: str) -> float:
+def _stage(number: int, text: str) -> None:
     print(f"\n[{number}/5] {text}", flush=True)
-    return time.perf_counter()
 
 
-def run(output_dir: Path, settings: QuickstartSettings) -> QuickstartSummary:
-    """All five stages; see the module docstring."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import AutoModel, AutoProcessor
-
-    from training.config import CONFIGS_DIR, build_config
-    from training.train import build_model_and_processor, train
-
-    emoji = load_emoji()
-    train_rows = split_rows(emoji, "train", settings.samples, "--samples")
-    val_rows = split_rows(emoji, "val", settings.eval_samples, "--eval-samples")
-    if settings.batch_size > len(train_rows):
-        raise ValueError(f"--batch-size {settings.batch_size} exceeds the {len(train_rows)} train rows.")
+def run(output_dir: Path, settings: Settings, device: str) -> dict[str, Any]:
+    """All stages (see the module docstring); returns the learning curves with the factor."""
+    student_style = load_style(STUDENT_STYLE, settings.rows_per_style)
+    unseen_style = load_style(UNSEEN_STYLE, settings.rows_per_style)
+    held_out = build_held_out_sets(student_style, unseen_style)
+    teachers = list(settings.teachers)
+    if teachers:
+        check_teachers(teachers, device)  # fail at once, before any training
     settings.check_against(output_dir)  # after the checks above: a refused value must not be recorded
     seconds: dict[str, float] = {}
 
-    start = _stage(1, f"Reinforcing {len(train_rows)} emoji with two random-weight tiny teachers "
-                      f"({settings.num_augmentations} augmentations each, no synthetic captions)")
-    source = write_source(train_rows, output_dir / "source" / f"emoji-{EMOJI_CONFIG}-train.parquet")
-    teachers = build_random_teachers(output_dir / "teachers")
-    data_dir = reinforce_emoji(source, teachers, output_dir / "emoji-reinforced", settings)
+    start = time.perf_counter()
+    if teachers:
+        _stage(1, f"Teachers: {teachers}")
+    else:
+        _stage(1, f"Training the teacher ({TEACHER_VARIANT}, plain CLIP loss, {settings.teacher_steps} steps) on the "
+                  "train rows of both styles")
+        both = datasets.concatenate_datasets([train_rows(student_style), train_rows(unseen_style)])
+        source = write_parquet_once(both.select_columns(["image", "captions"]),
+                                    output_dir / "source" / "teacher" / "train.parquet")
+        teachers = [f"hf:{train_teacher(settings, source.parent, output_dir, device)}"]
+    seconds["teacher"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    _stage(2, f"Reinforcing the {STYLE_NAMES[STUDENT_STYLE]} train rows: {settings.num_augmentations} augmentations, "
+              f"teacher embeddings of every view and caption")
+    source = write_parquet_once(train_rows(student_style).select_columns(["image", "unified", "captions"]),
+                                output_dir / "source" / "students.parquet")
+    data = reinforce_student_data(settings, source, teachers, output_dir / "reinforced", device)
     seconds["reinforce"] = time.perf_counter() - start
 
-    config = build_config(CONFIGS_DIR / PRESET, {
-        "train_data": str(data_dir), "output_dir": str(output_dir / "train"), "max_steps": settings.steps,
-        "per_device_batch_size": settings.batch_size, "kd_weight": settings.kd_weight, "seed": settings.seed,
-        "resume_from_checkpoint": "latest", "save_steps": max(1, math.ceil(settings.steps / 3)),
-        "save_total_limit": 1,
-    })
+    for mode in MODES:
+        start = time.perf_counter()
+        _stage(3, f"Training the {mode} student ({STUDENT_VARIANT}, {settings.student_steps} steps)")
+        train_student(mode, settings, data, output_dir, device)
+        seconds[f"student_{mode}"] = time.perf_counter() - start
 
-    start = _stage(2, f"Evaluating the untrained {VARIANT} on {len(val_rows)} held-out emoji")
-    held_out = prepare_held_out(val_rows)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    set_seed(config.seed)  # the initialisation `train` builds: same seed, same construction
-    init_model, init_processor = build_model_and_processor(config)
-    metrics = {"init": evaluate_model(init_model.to(accelerator.device), init_processor, held_out, accelerator)}
-    del init_model
-    seconds["evaluate_init"] = time.perf_counter() - start
+    start = time.perf_counter()
+    _stage(4, f"Evaluating {len(curve_steps(settings))} points of each learning curve on "
+              f"{', '.join(h.description for h in held_out.values())}")
+    students = evaluate_students(settings, held_out, output_dir, device)
+    teacher_metrics = evaluate_teachers(teachers, held_out, device)
+    seconds["evaluate"] = time.perf_counter() - start
 
-    start = _stage(3, f"Training {VARIANT} for {settings.steps} steps (mode reinforced, preset {PRESET}, "
-                      f"lambda {settings.kd_weight})")
-    live: dict[str, torch.nn.Module] = {}
-
-    def keep_model(step: int, model: torch.nn.Module, losses: dict) -> None:
-        live["model"] = model  # the very module being optimised; it holds the final weights once `train` returns
-
-    result = train(config, on_gradients=keep_model)
-    if "model" not in live:
-        raise RuntimeError(f"{config.output_dir} already holds a finished run beyond {settings.steps} steps; pass a "
-                           "new --output-dir.")
-    losses = [row["loss"] for row in result.history]
-    seconds["train"] = time.perf_counter() - start
-
-    start = _stage(4, f"Reloading {_display_path(result.model_dir)} with AutoModel (trust_remote_code=True)")
-    reloaded = AutoModel.from_pretrained(result.model_dir, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(result.model_dir, trust_remote_code=True)
-    difference = max_embedding_difference(reloaded, live["model"], processor, held_out)
-    if not difference <= EMBEDDING_TOLERANCE:
-        raise RuntimeError(f"The saved folder {result.model_dir} does not reproduce the trained model: embeddings "
-                           f"differ by up to {difference:.3g} (tolerance {EMBEDDING_TOLERANCE}).")
-    seconds["reload"] = time.perf_counter() - start
-
-    start = _stage(5, f"Evaluating the trained model on the same {len(val_rows)} held-out emoji")
-    metrics["trained"] = evaluate_model(reloaded.to(accelerator.device), processor, held_out, accelerator)
-    seconds["evaluate_trained"] = time.perf_counter() - start
-
-    summary = QuickstartSummary(
-        output_dir=str(output_dir), model_dir=_display_path(result.model_dir), reinforced_data=_display_path(data_dir),
-        train_rows=len(train_rows), eval_rows=len(val_rows), eval_captions=sum(map(len, held_out.retrieval[1])),
-        steps=result.step, loss_first=losses[0], loss_last=losses[-1], history=result.history, metrics=metrics,
-        chance=chance_levels(held_out), reload_max_abs_diff=difference, seconds=seconds,
-    )
-    return summary
+    _stage(5, "Report")
+    curves = {
+        "primary": {"held_out_set": PRIMARY_SET, "metric": PRIMARY_METRIC},
+        "held_out_sets": {name: data.description for name, data in held_out.items()},
+        "templates": TEMPLATES, "settings": dataclasses.asdict(settings), "teachers": teachers,
+        "student_steps": settings.student_steps, "students": students, "teacher": teacher_metrics,
+        "chance": {name: le.chance_levels(data) for name, data in held_out.items()},
+    }
+    primary = [([p["step"] for p in students[mode]], [p[PRIMARY_SET][PRIMARY_METRIC] for p in students[mode]])
+               for mode in MODES]
+    curves["factor"] = le.learning_efficiency_factor(*primary)
+    curves["seconds"] = seconds
+    le.plot_learning_curves(curves, PRIMARY_METRIC, output_dir / PLOT_FILE,
+                            f"{STUDENT_VARIANT}: plain CLIP vs reinforced training (emoji names, top-5)")
+    staging = output_dir / (CURVES_FILE + ".tmp")
+    staging.write_text(json.dumps(curves, indent=1))
+    os.replace(staging, output_dir / CURVES_FILE)
+    return curves
 
 
-def main(argv: list[str] | None = None) -> QuickstartSummary:
-    """Command-line entry point; returns the summary (also printed and written to OUTPUT/quickstart_summary.json)."""
-    args, settings = parse_args(argv)
-    threads = torch.get_num_threads()
-    if args.num_threads is not None:
-        torch.set_num_threads(args.num_threads)
-    started = time.perf_counter()
+@contextlib.contextmanager
+def quiet_libraries_on(device: str, num_threads: int | None):
+    """Hide the bars `datasets` and `transformers` draw for each small internal step (so the stage bars stay
+    readable), keep Accelerate on the CPU when asked (even on a GPU machine), set the threads; restore it all."""
+    from transformers.utils import logging as transformers_logging
+
+    bars = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    use_cpu, threads = os.environ.get("ACCELERATE_USE_CPU"), torch.get_num_threads()
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     try:
-        with library_progress_bars_hidden():
-            summary = run(Path(args.output_dir), settings)
+        yield
     finally:
         torch.set_num_threads(threads)
-    summary.seconds["total"] = time.perf_counter() - started
-    (Path(args.output_dir) / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=1))
-    print(format_summary(summary))
-    print(f"\nDone in {summary.seconds['total'] / 60:.1f} min.")
-    return summary
+        if use_cpu is None:
+            os.environ.pop("ACCELERATE_USE_CPU", None)
+        else:
+            os.environ["ACCELERATE_USE_CPU"] = use_cpu
+        if bars[0]:
+            datasets.enable_progress_bars()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point; returns the learning curves (also in OUTPUT/learning_curves.json)."""
+    args, settings = parse_args(argv)
+    started = time.perf_counter()
+    output_dir = Path(args.output_dir)
+    with quiet_libraries_on(args.device, args.num_threads):
+        curves = run(output_dir, settings, args.device)
+    print(format_report(curves, curves["factor"], output_dir))
+    print(f"Done in {(time.perf_counter() - started) / 60:.1f} min.")
+    print(format_factor(curves["factor"]["factor"]))
+    return curves
 
 
 if __name__ == "__main__":

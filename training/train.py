@@ -43,7 +43,8 @@ from training.checkpointing import (
     save_checkpoint,
 )
 from training.config import ConfigError, TrainingConfig, parse_args
-from training.data import Collator, TrainingSamples, build_train_dataloader, load_train_dataset, validate_dataset
+from training.data import (Collator, DataSpec, TrainingSamples, build_train_dataloader, load_train_dataset,
+                           validate_dataset)
 from training.losses import ReinforcedCLIPLoss
 
 
@@ -80,6 +81,18 @@ def resolve_batch_sizes(config: TrainingConfig, num_processes: int) -> tuple[int
     if config.per_device_batch_size is None:
         raise ConfigError("Set per_device_batch_size (samples per process) or global_batch_size (all processes).")
     return config.per_device_batch_size * num_processes, config.per_device_batch_size
+
+
+def resolve_teacher_logit_scales(config: TrainingConfig, spec: DataSpec) -> list[float]:
+    """The config's `teacher_logit_scales`; else the learned scales the dataset card records for every teacher
+    (mode reinforced); else DEFAULT_TEACHER_LOGIT_SCALE each. Empty in mode clip (no teachers)."""
+    if config.mode == "clip":
+        return []
+    if config.teacher_logit_scales is not None:  # presets (100 / 70, 60) and explicit choices win
+        return list(config.teacher_logit_scales)
+    if spec.card_logit_scales is not None:
+        return list(spec.card_logit_scales)
+    return [DEFAULT_TEACHER_LOGIT_SCALE] * len(spec.teacher_dims)
 
 
 def learning_rate_at(step: int, config: TrainingConfig) -> float:
@@ -274,8 +287,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
             teachers = OnlineTeachers(config.teachers, accelerator.device, config.mixed_precision)
     spec = validate_dataset(dataset, config, teachers.dims if teachers else None)
     kd_weight = config.resolved_kd_weight()
-    teacher_scales = [] if config.mode == "clip" else (
-        config.teacher_logit_scales or [DEFAULT_TEACHER_LOGIT_SCALE] * len(spec.teacher_dims))
+    teacher_scales = resolve_teacher_logit_scales(config, spec)
     resolved = {
         **config.to_dict(),
         "global_batch_size_resolved": global_batch,
@@ -341,7 +353,8 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
         f"mode {config.mode} | {config.variant} | {spec.num_rows} rows, {sampler.steps_per_epoch} steps/epoch | "
         f"global batch {global_batch} = {accelerator.num_processes} x {per_device} | lambda {kd_weight} | "
         f"teachers {resolved['teachers_resolved']} (scales {teacher_scales}) | "
-        f"synthetic captions {spec.use_synthetic_captions} | {config.max_steps} steps"
+        f"synthetic captions {spec.use_synthetic_captions} (caption_mode {config.caption_mode}) | "
+        f"{config.max_steps} steps"
     )
     if config.trackers:
         accelerator.init_trackers(config.project_name, config=_tracker_config(resolved),
