@@ -151,12 +151,20 @@ def retrieval_recalls(image_embeds: torch.Tensor, text_embeds: torch.Tensor, ima
 
 
 @torch.no_grad()
-def evaluate_encoder(encoder: Any, held_out: HeldOutSet, batch_size: int = 256) -> dict[str, float]:
-    """Zero-shot top-k for every task and retrieval recall@k; keys like `names/acc5`, `retrieval/...`."""
+def evaluate_encoder(encoder: Any, held_out: HeldOutSet, batch_size: int = 256,
+                     prompt_cache: dict[tuple[str, ...], torch.Tensor] | None = None) -> dict[str, float]:
+    """Zero-shot top-k for every task and retrieval recall@k; keys like `names/acc5`, `retrieval/...`.
+
+    `prompt_cache` (one dict per encoder) lets several held-out sets with the same classes encode them once.
+    """
+    prompt_cache = {} if prompt_cache is None else prompt_cache
     images = _batched(encoder.encode_images, held_out.images, batch_size)
     metrics: dict[str, float] = {}
     for task in held_out.tasks:
-        logits = 100.0 * images @ _batched(encoder.encode_texts, task.prompts, batch_size).t()
+        key = tuple(task.prompts)
+        if key not in prompt_cache:
+            prompt_cache[key] = _batched(encoder.encode_texts, task.prompts, batch_size)
+        logits = 100.0 * images @ prompt_cache[key].t()
         for k in TOP_K:
             metrics[f"{task.name}/acc{k}"] = top_k_accuracy(logits, task.labels, k)
     texts = [caption for captions in held_out.captions for caption in captions]
@@ -164,6 +172,12 @@ def evaluate_encoder(encoder: Any, held_out: HeldOutSet, batch_size: int = 256) 
     recalls = retrieval_recalls(images, _batched(encoder.encode_texts, texts, batch_size), image_of_text)
     metrics.update({f"retrieval/{name}": value for name, value in recalls.items()})
     return metrics
+
+
+def evaluate_on_sets(encoder: Any, sets: dict[str, HeldOutSet]) -> dict[str, dict[str, float]]:
+    """`evaluate_encoder` on every set, class prompts shared between sets encoded once."""
+    cache: dict[tuple[str, ...], torch.Tensor] = {}
+    return {name: evaluate_encoder(encoder, held_out, prompt_cache=cache) for name, held_out in sets.items()}
 
 
 def chance_levels(held_out: HeldOutSet) -> dict[str, float]:
@@ -254,6 +268,7 @@ __all__ = [
     "build_held_out_set",
     "chance_levels",
     "evaluate_encoder",
+    "evaluate_on_sets",
     "first_step_reaching",
     "images_as_uint8",
     "learning_efficiency_factor",

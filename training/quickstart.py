@@ -228,7 +228,7 @@ def reinforce_student_data(settings: Settings, source: Path, teachers: list[str]
         *captions, "--num-augmentations", str(settings.num_augmentations), "--caption-column", "captions",
         "--uid-column", "unified", "--image-size", "64", "--dtype", "bfloat16" if device == "cuda" else "float32",
         "--batch-size", "64", "--shard-size", "1024", "--num-workers", "0", "--seed", str(settings.seed),
-        "--no-progress" if settings.scale == "tiny" else "--max-teacher-batch=1024",
+        *(["--no-progress"] if settings.scale == "tiny" else []),
     ])
     report = reinforce(args)
     if not report["complete"] or report["written"] == 0:
@@ -296,11 +296,12 @@ def evaluate_students(settings: Settings, held_out: dict[str, le.HeldOutSet], ou
     curves: dict[str, list[dict]] = {}
     work = [(mode, step) for mode in MODES for step in curve_steps(settings)]
     for mode, step in tqdm(work, desc="learning curves", disable=settings.scale == "tiny"):
-        path = points_dir / f"{mode}_step_{step}.json"
+        # Step 0 is the shared initialisation (same seed, same construction): evaluated once for both students.
+        path = points_dir / ("init.json" if step == 0 else f"{mode}_step_{step}.json")
         if not path.is_file():
             encoder = le.ModelEncoder(_student_at(step, mode, settings, output_dir), tokenizer, f"{mode}@{step}",
                                       torch.device(device))
-            point = {"step": step, **{name: le.evaluate_encoder(encoder, data) for name, data in held_out.items()}}
+            point = {"step": step, **le.evaluate_on_sets(encoder, held_out)}
             staging = path.with_name(path.name + ".tmp")
             staging.write_text(json.dumps(point))
             os.replace(staging, path)
@@ -312,7 +313,7 @@ def evaluate_teachers(specs: list[str], held_out: dict[str, le.HeldOutSet], devi
     from dataset_scripts.teachers import load_teachers
 
     ensemble = le.EnsembleEncoder(load_teachers(specs, torch.device(device), torch.float32))
-    return {name: le.evaluate_encoder(ensemble, data) for name, data in held_out.items()}
+    return le.evaluate_on_sets(ensemble, held_out)
 
 
 # ------------------------------------------------------------------------------------------------------ report
