@@ -46,6 +46,7 @@ from .dr_format import (
     write_dataset_card,
     write_parquet_shard,
 )
+from .ownership import check_written_uids, claim_output, record_card, source_identity, without_duplicate_uids
 from .teachers import load_teachers, parse_model_spec
 
 
@@ -421,6 +422,8 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
     num_captions = resolve_num_synthetic_captions(args.captioner, args.num_synthetic_captions)
     if args.num_augmentations < 1 or args.shard_size < 1 or args.batch_size < 1:
         raise ValueError("--num-augmentations, --shard-size and --batch-size must be >= 1.")
+    if args.streaming and args.drop_duplicate_uids:  # a stream's uids are not known before the run
+        raise ValueError("--drop-duplicate-uids needs the whole uid column up front; drop --streaming for it.")
     for config_path in args.open_clip_model_config or []:
         import open_clip
 
@@ -431,17 +434,21 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
     source = load_source(args.source, args.split, args.source_config, args.streaming)
     uid_column = args.uid_column or default_uid_column(source.features)
     check_columns(source.features, args.image_column, args.caption_column, uid_column, syn_column)
+    source_columns = list(source.features)
     source = source.select_columns(list(dict.fromkeys(
         c for c in (args.image_column, args.caption_column, uid_column, syn_column) if c)))
     source = source.cast_column(args.image_column, datasets.Image(decode=False))
+    source_rows = total_rows = dropped_duplicates = None
     if isinstance(source, datasets.Dataset):
         if len(source) == 0:
             raise ValueError(f"Source {args.source!r} split {args.split!r} is empty.")
+        source_rows = len(source)
+        if uid_column:  # the stored uid keys every later lookup: two rows with one uid would collide
+            source, dropped_duplicates = without_duplicate_uids(source, uid_column, args)
         total_rows = len(source)
         source = source.to_iterable_dataset(num_shards=math.ceil(len(source) / args.shard_size))
-    else:
-        total_rows = None
     num_units = source.num_shards
+    identity = source_identity(args, source_rows, num_units, uid_column, syn_column, source_columns)
 
     dtype = DTYPES[args.dtype]
     teachers = load_teachers(teacher_specs, state.device, dtype)
@@ -452,7 +459,8 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
         num_augmentations=args.num_augmentations, num_synthetic_captions=num_captions, augmentation=augmentation,
         captioner=args.captioner, seed=args.seed, source=f"{args.source} ({args.split})", shard_size=args.shard_size,
     )
-    check_metadata(output, metadata, state.is_main_process)
+    claim_output(output, output / STATE_DIR, split, identity, metadata, args.overwrite, state.is_main_process,
+                 has_part_states=any(state_dir(output, split).glob("*.json")), barrier=state.wait_for_everyone)
 
     progress = unit_progress(read_part_states(output, split))
     settings = StreamSettings(
@@ -509,11 +517,16 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
     timing = reinforcer.timing.as_dict()
 
     states = read_part_states(output, split)
-    entry = write_report(output, split, states, num_units, {"timing": timing} if state.is_main_process else {})
+    extra = {"timing": timing} if state.is_main_process else {}
+    if dropped_duplicates is not None:
+        extra["dropped_duplicate_uids"] = dropped_duplicates
+    entry = write_report(output, split, states, num_units, extra)
     if entry["complete"]:
+        if args.streaming:  # no up-front uid check when streaming: check what was written before the card
+            check_written_uids(output, split)
         split_sizes = card_split_sizes(output)
         split_sizes[split] = entry["written"]
-        write_dataset_card(output, metadata, split_sizes)
+        record_card(output / STATE_DIR, write_dataset_card(output, metadata, split_sizes))
     if args.push_to_hub:
         state.wait_for_everyone()
         if state.is_main_process:
@@ -573,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Extra open_clip model config JSON file or folder (repeatable).")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="Upload the result when complete.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an --output folder holding another run or files this pipeline did not write "
+                             "(what is removed is printed); a folder holding this same run still resumes.")
+    parser.add_argument("--drop-duplicate-uids", action="store_true",
+                        help="Keep only the first row of each duplicated uid (and list the others in the report) "
+                             "instead of failing; not with --streaming.")
     return parser
 
 

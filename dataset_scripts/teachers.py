@@ -5,7 +5,10 @@ Specs:
                                 `open_clip:ViT-L-14:openai`, `open_clip:ViT-L-14:datacomp_xl_s13b_b90k`
     open_clip:hf-hub:ORG/REPO   an open_clip model hosted on the Hub (weights come with it)
     hf:PATH_OR_ID               any CLIP-like transformers model (CLIPModel, our MobileCLIP folders, ...) exposing
-                                `get_image_features` / `get_text_features`
+                                `get_image_features` / `get_text_features`; never runs code shipped with the model
+                                (MobileCLIP folders load with this package's classes)
+    hf+remote:PATH_OR_ID        the same, but a model whose config names custom code may run it
+                                (`trust_remote_code=True`): only for models whose author you trust
 
 Every teacher returns L2-normalised float32 embeddings; image inputs are uint8 views (B, 3, S, S) that the teacher
 resizes (bicubic, as Apple's generator does) when its own input size differs, then normalises with its own mean/std.
@@ -37,17 +40,22 @@ class ModelSpec:
     name: str
     pretrained: str | None
     raw: str
+    trust_remote_code: bool = False  # `hf+remote:` teachers only
 
 
 def parse_model_spec(spec: str, role: str = "teacher") -> ModelSpec:
-    """Parse `open_clip:ARCH:PRETRAINED`, `open_clip:hf-hub:REPO` or `hf:PATH_OR_ID`; raise a clear ValueError."""
+    """Parse `open_clip:ARCH:PRETRAINED`, `open_clip:hf-hub:REPO`, `hf:PATH_OR_ID` or (teachers only)
+    `hf+remote:PATH_OR_ID`; raise a clear ValueError."""
+    remote = " or 'hf+remote:PATH_OR_ID' (allows the model's custom code)" if role == "teacher" else ""
     usage = (f"Expected a {role} spec 'open_clip:ARCH:PRETRAINED' (PRETRAINED 'none' = random weights), "
-             f"'open_clip:hf-hub:ORG/REPO' or 'hf:PATH_OR_ID', got {spec!r}.")
+             f"'open_clip:hf-hub:ORG/REPO' or 'hf:PATH_OR_ID'{remote}, got {spec!r}.")
     kind, sep, rest = spec.strip().partition(":")
     if not sep or not rest:
         raise ValueError(usage)
     if kind == "hf":
         return ModelSpec("hf", rest, None, spec)
+    if kind == "hf+remote" and role == "teacher":  # the captioners do not take remote code
+        return ModelSpec("hf", rest, None, spec, trust_remote_code=True)
     if kind != "open_clip":
         raise ValueError(usage)
     if rest.startswith(_OPEN_CLIP_SCHEMES):
@@ -175,7 +183,8 @@ class OpenCLIPTeacher(Teacher):
 
 
 class HFTeacher(Teacher):
-    """A CLIP-like transformers model loaded with `AutoModel.from_pretrained(..., trust_remote_code=True)`.
+    """A CLIP-like transformers model: MobileCLIP folders load with this package's classes, others with
+    `AutoModel.from_pretrained`, with `trust_remote_code` only for `hf+remote:` specs (see the module docstring).
 
     Works for `CLIPModel`-style models (`get_*_features` return `BaseModelOutputWithPooling` in transformers 5,
     tensors before) and for our MobileCLIP folders. Preprocessing comes from the saved processor, else from the
@@ -184,21 +193,24 @@ class HFTeacher(Teacher):
 
     def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
         super().__init__(spec.raw, device, dtype)
-        from transformers import AutoModel, AutoProcessor, AutoTokenizer
+        from evaluation.common import pretrained_classes
 
         try:
-            self.model = AutoModel.from_pretrained(spec.name, trust_remote_code=True).to(device).eval()
+            model_class, processor_class, tokenizer_class, kwargs = pretrained_classes(
+                spec.name, spec.trust_remote_code,
+                how_to_trust=f"use the teacher spec 'hf+remote:{spec.name}' instead of {spec.raw!r}")
+            self.model = model_class.from_pretrained(spec.name, **kwargs).to(device).eval()
         except Exception as error:
-            raise ValueError(f"Cannot load teacher {spec.raw!r} with transformers.AutoModel: {error}") from error
+            raise ValueError(f"Cannot load teacher {spec.raw!r}: {error}") from error
         self.logit_scale = learned_logit_scale(self.model)
         try:
-            processor = AutoProcessor.from_pretrained(spec.name, trust_remote_code=True)
+            processor = processor_class.from_pretrained(spec.name, **kwargs)
         except Exception:
             processor = None
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None:
             try:
-                tokenizer = AutoTokenizer.from_pretrained(spec.name, trust_remote_code=True)
+                tokenizer = tokenizer_class.from_pretrained(spec.name, **kwargs)
             except Exception as error:
                 raise ValueError(f"Teacher {spec.raw!r} has no loadable tokenizer: {error}") from error
         self.tokenizer = tokenizer

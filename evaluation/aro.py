@@ -39,8 +39,8 @@ from accelerate import Accelerator
 from PIL import Image
 
 from .common import (
-    DATA_DIR, EvaluationInputError, build_dataloader, encode_images, encode_texts, load_model_and_processor,
-    make_accelerator, preprocess_images, progress, report_results, tokenize
+    DATA_DIR, EvaluationInputError, add_trust_remote_code_argument, build_dataloader, encode_images, encode_texts,
+    load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, tokenize
 )
 
 
@@ -240,6 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the order perturbations")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--output", default=None, help="write the result JSON here")
+    add_trust_remote_code_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = make_accelerator(args.cpu)
     cases = load_cases(args.task, args.root, seed=args.seed)
-    model, processor = load_model_and_processor(args.model, accelerator)
+    model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
     scores = score_cases(model, processor, cases, accelerator, args.batch_size, args.num_workers)
     metrics = aro_metrics(args.task, cases, scores)
     report_results(accelerator, model, args, f"ARO {args.task} ({len(cases)} cases):", metrics,

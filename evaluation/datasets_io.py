@@ -298,9 +298,18 @@ def label_indices(loaded: EvalDataset, column: str, classnames: list[str] | dict
     names = list(classnames.values()) if isinstance(classnames, dict) else list(classnames)
     keys = list(classnames) if isinstance(classnames, dict) else names
     feature = loaded.dataset.features[column]
+    blank = [i for i, name in enumerate(names) if not isinstance(name, str) or not name.strip()]
+    if blank:  # e.g. blank lines at the end of a classnames.txt: extra classes that shift nothing but dilute
+        raise EvaluationInputError(
+            f"Class names for column {column!r} of {loaded.name}: entries {blank[:10]} of {len(names)} are empty; "
+            "remove them (one non-empty name per class, in label order)."
+        )
     if isinstance(feature, datasets.ClassLabel) and feature.num_classes != len(names):
         raise EvaluationInputError(
-            f"Column {column!r} of {loaded.name} has {feature.num_classes} classes but {len(names)} class names were given."
+            f"Column {column!r} of {loaded.name} is a ClassLabel with {feature.num_classes} classes "
+            f"({', '.join(feature.names[:3])}, ...) but {len(names)} class names were given (expected "
+            f"{feature.num_classes}): integer labels would index the wrong names. Pass a class-name list of "
+            f"{feature.num_classes} entries in label order, or omit --classnames to use the ClassLabel's names."
         )
     labels = loaded.dataset[column]
     index_of = {key: i for i, key in enumerate(keys)}

@@ -63,9 +63,16 @@ def build_models(variant: str | None, model_id: str | None) -> tuple[torch.nn.Mo
     from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
 
     if model_id is not None:
-        from transformers import AutoModel
+        from .common import EvaluationInputError, is_mobileclip_config, read_config
 
-        ours = AutoModel.from_pretrained(model_id, trust_remote_code=True)
+        # Latency compares MobileCLIP with its peers only, so a MobileCLIP checkpoint is required and loads with this
+        # package's classes: the code files saved next to it never run (no --trust-remote-code needed).
+        config = read_config(model_id)
+        if not is_mobileclip_config(config):
+            raise EvaluationInputError(f"{model_id} is model_type {config.get('model_type')!r}, not a MobileCLIP "
+                                       "checkpoint; evaluation.latency measures MobileCLIP models against their "
+                                       "peers.")
+        ours = MobileCLIPModel.from_pretrained(model_id)
         variant = ours.config.variant
     else:
         # open_clip's MobileCLIP-B runs timm's ViT stem: use it too so both compute the same function.

@@ -124,7 +124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--caption-column", default=None, help="default 'caption' (WebDataset mirrors: txt)")
     parser.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--output", default=None, help="write the result JSON (CLIP_benchmark shape) here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    bad = [k for k in args.recall_k if k < 1]
+    if bad:  # recall@0 is 0 by definition and would be reported as a result
+        parser.error(f"--recall-k takes cut-offs >= 1 (the number of top-ranked items searched), got {bad}; "
+                     "e.g. --recall-k 1 5 10.")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = make_accelerator(args.cpu)
     loaded = load_dataset_from_arguments(args, accelerator)
     prepared = prepare_retrieval(loaded, args.image_column, args.caption_column)
-    model, processor = load_model_and_processor(args.model, accelerator)
+    model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
     result = evaluate_retrieval(
         model, processor, loaded, accelerator, recall_k=args.recall_k, batch_size=args.batch_size,
         num_workers=args.num_workers, prepared=prepared,

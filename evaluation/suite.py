@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> SuiteReport:
     tasks = select_tasks(args.suite, args.tasks)
     accelerator = make_accelerator(args.cpu)
     output_dir = Path(args.output_dir or Path("eval_results") / Path(args.model.rstrip("/")).name / args.suite)
-    model, processor = load_model_and_processor(args.model, accelerator)
+    model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
     report = run_suite(model, processor, args.model, tasks, accelerator, output_dir, args.data_root,
                        not args.no_hub, args.batch_size, args.num_workers)
     if accelerator.is_main_process:

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     templates = read_templates(args.templates) if args.templates else None
     task = prepare_zero_shot(load_dataset_from_arguments(args, accelerator), args.image_column, args.label_column,
                              classnames, templates)
-    model, processor = load_model_and_processor(args.model, accelerator)
+    model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
     result = run_zero_shot(model, processor, task, accelerator, args.batch_size, args.num_workers)
     headline = f"Zero-shot classification of {args.dataset} ({len(result.targets)} images, {result.logits.shape[1]} classes):"
     report_results(accelerator, model, args, headline, result.metrics, "zeroshot_classification")

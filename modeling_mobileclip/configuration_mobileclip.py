@@ -5,13 +5,17 @@ backbone), its text tower and its preprocessing. Facts come from Apple's `mobile
 `mobileclip2/model_configs/*.json` and open_clip's `MobileCLIP*.json` (see the project README).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: it turns every field annotation into a string, and huggingface_hub's
+# `@strict` skips type checks for string annotations, so `causal: "false"` was stored as a truthy string.
 import copy
+import difflib
 import math
 from typing import Any
 
+from dataclasses import fields
+
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import PreTrainedConfig
 
 
@@ -73,13 +77,14 @@ class MobileCLIPTextConfig(PreTrainedConfig):
     causal: bool = False
     num_repmixer_blocks: int = 0
     repmixer_kernel_size: int = 11
-    repmixer_mlp_ratio: float = 4.0
-    layer_scale_init_value: float = 1e-5
-    layer_norm_eps: float = 1e-5
+    # `float | int`: hand-written configs say 4 or 0 for whole numbers; a bare `float` would make @strict reject them.
+    repmixer_mlp_ratio: float | int = 4.0
+    layer_scale_init_value: float | int = 1e-5
+    layer_norm_eps: float | int = 1e-5
     hidden_act: str = "gelu"
-    attention_dropout: float = 0.0
+    attention_dropout: float | int = 0.0
     reparameterized: bool = False
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
     pad_token_id: int | None = 0
     bos_token_id: int | None = 49406
     eos_token_id: int | list[int] | None = 49407
@@ -123,10 +128,10 @@ class MobileCLIPVisionConfig(PreTrainedConfig):
     image_size: int = 256
     projection_dim: int = 512
     apple_vit_stem: bool = False
-    drop_path_rate: float = 0.0
+    drop_path_rate: float | int = 0.0
     reparameterized: bool = False
     backbone_kwargs: dict | None = None
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
 
     def validate_architecture(self):
         """Checks the backbone choice and the ViT-stem switch."""
@@ -138,6 +143,10 @@ class MobileCLIPVisionConfig(PreTrainedConfig):
     @property
     def is_fastvit(self) -> bool:
         return self.backbone.startswith("fastvit")
+
+
+# The plain classes: transformers wraps the values of `sub_configs_defaults` in (non-callable) specs.
+_SUB_CONFIG_CLASSES = {"text_config": MobileCLIPTextConfig, "vision_config": MobileCLIPVisionConfig}
 
 
 @strict
@@ -172,23 +181,25 @@ class MobileCLIPConfig(PreTrainedConfig):
     text_config: dict | MobileCLIPTextConfig | None = None
     vision_config: dict | MobileCLIPVisionConfig | None = None
     projection_dim: int = 512
-    logit_scale_init_value: float = math.log(1 / 0.07)
-    logit_scale_max: float = 100.0
+    logit_scale_init_value: float | int = math.log(1 / 0.07)
+    logit_scale_max: float | int = 100.0
     variant: str | None = None
     resample: str = "bilinear"
     image_mean: list | tuple = NO_NORMALIZATION_MEAN
     image_std: list | tuple = NO_NORMALIZATION_STD
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs):
-        if self.text_config is None:
-            self.text_config = MobileCLIPTextConfig()
-        elif isinstance(self.text_config, dict):
-            self.text_config = MobileCLIPTextConfig(**self.text_config)
-        if self.vision_config is None:
-            self.vision_config = MobileCLIPVisionConfig()
-        elif isinstance(self.vision_config, dict):
-            self.vision_config = MobileCLIPVisionConfig(**self.vision_config)
+        for key, sub_class in _SUB_CONFIG_CLASSES.items():
+            value = getattr(self, key)
+            if value is None:
+                setattr(self, key, sub_class())
+            elif isinstance(value, dict):
+                try:
+                    setattr(self, key, sub_class(**value))
+                except StrictDataclassFieldValidationError as error:
+                    # The sub-config's error names the field only ("causal"); say which sub-config it lives in.
+                    raise StrictDataclassFieldValidationError(field=key, cause=error.__cause__ or error) from error
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
@@ -213,14 +224,43 @@ class MobileCLIPConfig(PreTrainedConfig):
     def from_variant(cls, name: str, **overrides: Any) -> "MobileCLIPConfig":
         """Builds the configuration of a published variant, e.g. `"mobileclip-s0"` or `"mobileclip2-l-14"`.
 
-        `overrides` replace top-level fields; `text_config` / `vision_config` dicts are merged into the preset.
+        `overrides` replace top-level fields; `text_config` / `vision_config` dicts are merged into the preset (a
+        config object replaces it). Unknown names raise a TypeError with close matches: `PreTrainedConfig` would
+        otherwise store a misspelt `projection_dm=256` as a new attribute and silently keep the preset's value.
         """
         preset = variant_preset(name)
-        for key in ("text_config", "vision_config"):
-            if key in overrides:
-                preset[key].update(overrides.pop(key))
+        _check_keywords(overrides, cls, "MobileCLIPConfig.from_variant()")
+        for key, sub_class in _SUB_CONFIG_CLASSES.items():
+            if key not in overrides:
+                continue
+            value = overrides.pop(key)
+            if isinstance(value, dict):
+                _check_keywords(value, sub_class, f"MobileCLIPConfig.from_variant({key}=...)")
+                preset[key].update(value)
+            elif isinstance(value, sub_class):
+                preset[key] = value
+            else:
+                raise TypeError(
+                    f"MobileCLIPConfig.from_variant(): {key} must be a dict of overrides or a {sub_class.__name__}, "
+                    f"got {type(value).__name__} ({value!r}). Example: {key}={{'projection_dim': 256}}."
+                )
         preset.update(overrides)
         return cls(**preset)
+
+
+def _check_keywords(given: dict, config_class: type, where: str) -> None:
+    """Raises a TypeError naming every keyword that is no field of `config_class`, with difflib's close matches."""
+    valid = [field.name for field in fields(config_class)]
+    unknown = [key for key in given if key not in valid]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), valid, n=3)
+            hints.append(f"{key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+        raise TypeError(
+            f"{where} got unknown keyword(s) {', '.join(hints)}. Valid keywords of {config_class.__name__}: "
+            f"{', '.join(valid)}."
+        )
 
 
 _BASE_TEXT = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)

@@ -67,11 +67,18 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state_dict = load_file(str(path))
+        try:
+            state_dict = load_file(str(path))
+        except SafetensorError as error:  # its message names no file
+            raise OSError(f"{path} is truncated or corrupt ({error}): download it again.") from error
     else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except (EOFError, RuntimeError) as error:  # a cut zip archive / pickle stream
+            raise OSError(f"{path} is truncated or corrupt, or not a torch checkpoint ({error}).") from error
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state_dict, dict) and wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]

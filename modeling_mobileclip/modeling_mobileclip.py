@@ -7,13 +7,17 @@ Every train-time multi-branch block knows how to fuse itself (`reparameterize()`
 """
 
 
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
@@ -501,12 +505,45 @@ class MobileCLIPPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             init.normal_(module.text_projection.weight, std=width**-0.5)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a truncated or corrupt local weight file raises an OSError naming it."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            # safetensors names no file ("incomplete metadata, file not fully covered"): find and describe it.
+            folder = Path(pretrained_model_name_or_path)
+            paths = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []  # a Hub id: no local folder
+            problems = [problem for problem in map(_safetensors_problem, paths) if problem]
+            where = "; ".join(problems) or f"a .safetensors file of {pretrained_model_name_or_path}"
+            raise OSError(
+                f"Cannot load the weights: {where} ({error}). The file is truncated or corrupt (an interrupted "
+                "download or copy): download or save it again."
+            ) from error
+
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
         super()._set_gradient_checkpointing(enable, *args, **kwargs)
         # timm blocks checkpoint themselves (non-reentrant `torch.utils.checkpoint`).
         for module in self.modules():
             if isinstance(module, MobileCLIPVisionTower):
                 module.backbone.set_grad_checkpointing(enable)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file (size vs. what its header declares), or None if it looks complete."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        header_length = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
+        try:
+            header = json.loads(handle.read(header_length)) if header_length and header_length < size else None
+        except ValueError:
+            header = None
+    if header is None:
+        return f"{path} has no complete header ({size} bytes)"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_length + max(ends, default=0)
+    return f"{path} is {size} bytes but its header declares {expected}" if size != expected else None
 
 
 class MobileCLIPModel(MobileCLIPPreTrainedModel):

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import ftfy
 import numpy as np
+import PIL.Image
 import regex
 from tokenizers import Regex, decoders, pre_tokenizers
-from transformers import BatchFeature, CLIPTokenizer, ProcessorMixin
+from transformers import BatchEncoding, BatchFeature, CLIPTokenizer, ProcessorMixin
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import PILImageResampling
 from transformers.utils import PaddingStrategy
@@ -194,7 +195,26 @@ class MobileCLIPTokenizer(CLIPTokenizer):
 
     def __call__(self, text=None, *args, padding="max_length", truncation=None, **kwargs):
         """Tokenizes like `open_clip.tokenize` by default: (batch, 77) ids, see the class docstring for `padding`."""
+        if isinstance(text, (list, tuple)) and len(text) == 0 and not args:
+            return self._empty_batch(padding, kwargs)
         return super().__call__(text, *args, padding=padding, truncation=truncation, **kwargs)
+
+    def _empty_batch(self, padding, kwargs) -> BatchEncoding:
+        """An empty batch, shaped like `open_clip.tokenize([])`: (0, 77) int64 ids (0 wide with `padding=False`).
+
+        transformers' fast tokenizer indexes the first encoding of a batch and raises IndexError on `[]`; a caller
+        filtering captions can legitimately end up with none, and open_clip returns an empty tensor for that.
+        """
+        unpadded = padding is False or (
+            isinstance(padding, str) and PaddingStrategy(padding) == PaddingStrategy.DO_NOT_PAD
+        )
+        width = 0 if unpadded else (kwargs.get("max_length") or self.model_max_length)
+        data = {"input_ids": np.zeros((0, width), dtype=np.int64)}
+        if kwargs.get("return_attention_mask"):
+            data["attention_mask"] = np.zeros((0, width), dtype=np.int64)
+        if kwargs.get("return_tensors") is None:
+            data = {key: [] for key in data}  # like a non-empty batch without return_tensors: lists of id lists
+        return BatchEncoding(data, tensor_type=kwargs.get("return_tensors"))
 
     def _get_padding_truncation_strategies(self, padding=False, truncation=None, max_length=None, **kwargs):
         if padding is True or (isinstance(padding, str) and PaddingStrategy(padding) == PaddingStrategy.LONGEST):
@@ -225,6 +245,27 @@ class MobileCLIPTokenizer(CLIPTokenizer):
         return super()._encode_plus(text, **kwargs)
 
 
+# PIL modes whose values PIL's RGB conversion clips to 0..255, with the value range mapped to 0..255 instead.
+# 16-bit files decode to "I;16*" (PNG, TIFF) or "I" (PGM/PPM); "F" is float32 and taken to be in [0, 1], the range
+# `ToTensor` and transformers use for float images.
+_HIGH_DEPTH_RANGES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def _high_depth_to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An 8-bit grayscale ("L") copy of a 16-bit / float image, scaled by its mode's full range and rounded."""
+    values = np.asarray(image, dtype=np.float64)
+    top = _HIGH_DEPTH_RANGES[image.mode]
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (0 <= low and high <= top):  # also catches NaN
+        raise ValueError(
+            f"Cannot map a mode {image.mode!r} image to 8 bits: its values span [{low:g}, {high:g}], outside the "
+            f"expected [0, {top:g}] for this mode. Rescale it yourself, e.g. "
+            "`Image.fromarray(np.uint8(np.clip(values / values.max(), 0, 1) * 255))`, or pass an 8-bit image."
+        )
+    # rint on v * 255 / top: a 16-bit value v = 257 * k (the usual 8 -> 16 bit expansion) gives back exactly k.
+    return PIL.Image.fromarray(np.rint(values * (255.0 / top)).astype(np.uint8))  # 2-D uint8: mode "L"
+
+
 class MobileCLIPImageProcessor(PilBackend):
     r"""Image processor bit-exact with the official MobileCLIP transform.
 
@@ -240,6 +281,17 @@ class MobileCLIPImageProcessor(PilBackend):
     Known difference from open_clip for non-RGB inputs: images are converted to RGB first (transparency composited on
     white, transformers' convention), whereas open_clip resizes in the original mode and drops alpha afterwards, so
     palette ("P") and semi-transparent images differ; RGB and grayscale ("L") images match exactly.
+
+    High bit depth: PIL's own RGB conversion clips 16-bit and float images to 0..255 (a 16-bit photo turns almost
+    white, a float one almost black, which open_clip also does). Here they are first mapped to 8 bits by their real
+    range, then processed like an 8-bit grayscale image: `I;16` (16-bit PNG/TIFF) and `I` (16-bit PGM; values must
+    lie in 0..65535) as `round(v * 255 / 65535)`, `F` (values must lie in [0, 1]) as `round(v * 255)`. Other ranges
+    raise a ValueError: rescale such an image yourself.
+
+    Bounded memory: resizing the shortest side of a very elongated image makes the long side explode (a 20000x1
+    image becomes 5,120,000x256 pixels, about 4 GB, before the center crop), so images whose aspect ratio exceeds
+    `max_aspect_ratio` (64:1, at most ~13 MB for the resized image at 256) are refused with a ValueError; crop or
+    pad them first. Every other image is processed exactly as before.
 
     Args:
         size: `{"shortest_edge": S}`, the resize target of the shortest side.
@@ -262,6 +314,10 @@ class MobileCLIPImageProcessor(PilBackend):
     image_mean = [0.0, 0.0, 0.0]
     image_std = [1.0, 1.0, 1.0]
     do_convert_rgb = True
+    # Upper bound of long side / short side for shortest-edge resizing: keeps the resized image (and its copies)
+    # at most `max_aspect_ratio * shortest_edge**2 * 3` bytes. A class attribute, not a saved setting: raise it on
+    # the instance if genuinely needed.
+    max_aspect_ratio = 64
 
     @classmethod
     def from_variant(cls, name: str, **kwargs) -> "MobileCLIPImageProcessor":
@@ -278,6 +334,30 @@ class MobileCLIPImageProcessor(PilBackend):
             image_std=std,
         )
         return cls(**{**settings, **kwargs})
+
+    def process_image(self, image, *args, **kwargs) -> np.ndarray:
+        """Maps 16-bit and float PIL images to 8 bits by their range (see the class docstring), then as usual."""
+        if isinstance(image, PIL.Image.Image) and image.mode in _HIGH_DEPTH_RANGES:
+            image = _high_depth_to_8bit(image)
+        return super().process_image(image, *args, **kwargs)
+
+    def resize(self, image: np.ndarray, size, *args, **kwargs) -> np.ndarray:
+        """Shortest-edge resize (transformers' PIL path, unchanged), refusing aspect ratios above `max_aspect_ratio`."""
+        if size.shortest_edge and not size.longest_edge:
+            height, width = image.shape[-2:]
+            short, long = min(height, width), max(height, width)
+            if long > self.max_aspect_ratio * short:
+                new_long = int(size.shortest_edge * long / short)  # transformers' formula for the long side
+                resized = (new_long, size.shortest_edge) if width >= height else (size.shortest_edge, new_long)
+                raise ValueError(
+                    f"Image of {width}x{height} pixels (width x height) has an aspect ratio of {long / short:.1f}:1, "
+                    f"above the limit of {self.max_aspect_ratio}:1: resizing its shortest side to "
+                    f"{size.shortest_edge} would make a {resized[0]}x{resized[1]} image "
+                    f"({3 * resized[0] * resized[1] / 1e6:.0f} MB per copy) before the center crop. Crop or pad the "
+                    "image to a less extreme aspect ratio first (e.g. `PIL.ImageOps.pad(image, (side, side))`), or "
+                    "raise `image_processor.max_aspect_ratio` if that memory is acceptable."
+                )
+        return super().resize(image, size, *args, **kwargs)
 
     def center_crop(self, image: np.ndarray, size, **kwargs) -> np.ndarray:
         """torchvision's `center_crop` on a CHW array: zero-pads if too small, rounds the offsets (`round(d / 2)`)."""

@@ -1,44 +1,60 @@
-"""Exact-resume checkpoints: `output_dir/checkpoints/step_N`, written atomically with `accelerator.save_state`.
+"""Exact-resume checkpoints: `output_dir/checkpoints/step_N`, written atomically, without pickle.
 
-A checkpoint holds what `save_state` writes (model, optimizer, every process's RNG states), the
-:class:`TrainingState` (the step counter, which fixes the data position: see `training.data`) and the resolved
-config. It is written into `step_N.tmp` and renamed once every process has finished, so a crash mid-write never
-leaves a folder that `--resume_from_checkpoint latest` would pick.
+A checkpoint holds the model weights (`model.safetensors`), the optimizer state (tensors in `optimizer.safetensors`,
+hyper-parameters in `optimizer.json`), every process's RNG states (`rng_state_<rank>.json`: Python `random`, NumPy,
+torch CPU and CUDA), the fp16 gradient scaler if there is one (`scaler.json`), the step counter
+(`trainer_state.json`, which fixes the data position: see `training.data`) and the resolved config. It is written
+into `step_N.tmp` and renamed once every process has finished, so a crash mid-write never leaves a folder that
+`--resume_from_checkpoint latest` would pick.
+
+Why not `accelerator.save_state`: it pickles the RNG states and registered objects, and `load_state` unpickles
+registered objects with `weights_only=False`, so a crafted checkpoint folder could run arbitrary code on resume.
+Here every file is safetensors, JSON or YAML (read with `yaml.safe_load`), and resume refuses a folder that holds a
+pickle file (older checkpoints, or planted ones) before reading anything.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 import yaml
 from accelerate import Accelerator
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .config import ConfigError, TrainingConfig
 
 
 CHECKPOINTS_DIR = "checkpoints"
 CONFIG_FILE = "training_config.yaml"
+TRAINER_STATE_FILE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
+OPTIMIZER_FILE = "optimizer.json"
+SCALER_FILE = "scaler.json"
+RNG_FILE = "rng_state_{}.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # Changing these between the interrupted and the resumed run would silently change the data order or the model.
 RESUME_INVARIANT_KEYS = ("variant", "init_from", "train_data", "train_data_config", "train_split",
                          "max_train_samples", "mode", "seed", "global_batch_size_resolved")
+# Formats that torch.save / pickle write. Checked by name and (for files that are not safetensors) by content, so
+# a renamed pickle is caught too: pickle protocol >= 2 starts with 0x80 <protocol>, torch.save writes a zip archive.
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".npz")
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
 
 @dataclass
 class TrainingState:
-    """The step counter, saved and restored with `accelerator.register_for_checkpointing`."""
+    """The step counter, saved in `trainer_state.json`."""
 
     step: int = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
 
 
 def checkpoints_root(output_dir: str | Path) -> Path:
@@ -71,6 +87,7 @@ def resolve_resume_path(config: TrainingConfig) -> Path | None:
 
 def check_resume_compatible(checkpoint: Path, resolved: dict) -> None:
     """Raises if a key that fixes the data order or the model changed since the checkpoint was written."""
+    refuse_pickle_files(checkpoint)
     saved = yaml.safe_load((checkpoint / CONFIG_FILE).read_text())
     changed = [f"{key}: checkpoint {saved.get(key)!r}, now {resolved.get(key)!r}"
                for key in RESUME_INVARIANT_KEYS if saved.get(key) != resolved.get(key)]
@@ -79,8 +96,57 @@ def check_resume_compatible(checkpoint: Path, resolved: dict) -> None:
                           ". Restore these settings or start a new output_dir.")
 
 
+def refuse_pickle_files(checkpoint: Path) -> None:
+    """Raises before anything is read if the checkpoint folder holds a pickle (by suffix or by content)."""
+    for path in sorted(p for p in Path(checkpoint).rglob("*") if p.is_file()):
+        reason = None
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            reason = f"its suffix {path.suffix!r} is a pickle / torch.save format"
+        elif path.suffix != ".safetensors":  # a safetensors header length may start with 0x80: not a pickle
+            with open(path, "rb") as handle:
+                if handle.read(4).startswith(_PICKLE_MAGIC):
+                    reason = "its content is a pickle / torch.save archive"
+        if reason:
+            raise ConfigError(
+                f"Refusing to resume from {checkpoint}: {path} is a pickle file ({reason}). Loading a pickle runs "
+                "whatever code it names, so a crafted checkpoint could execute code. Checkpoints written by this "
+                "version hold only safetensors, JSON and YAML files; this one was written by an older version "
+                "(accelerate save_state) or was modified. Delete this checkpoint folder (`latest` then resumes "
+                "from the previous one) or start a new output_dir; to keep trained weights, point `init_from` "
+                "at a saved model folder.")
+
+
+# --- saving ---------------------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["torch_cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Splits `optimizer.state_dict()` into safetensors tensors (`state.<param>.<name>`) and a JSON part."""
+    state_dict = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state_dict["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state_scalars": scalars}
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, resolved: dict,
-                    total_limit: int | None) -> Path:
+                    total_limit: int | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Path:
     """Writes `checkpoints/step_<step>` atomically on all processes; prunes to `total_limit` complete ones."""
     root = checkpoints_root(output_dir)
     final, staging = root / f"step_{step}", root / f"step_{step}.tmp"
@@ -88,11 +154,19 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
+    # Every process has its own RNG streams; model and optimizer are identical across DDP processes.
+    (staging / RNG_FILE.format(accelerator.process_index)).write_text(json.dumps(_rng_state()))
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), str(staging / MODEL_FILE))
+        tensors, rest = _optimizer_files(optimizer)
+        save_file(tensors, str(staging / OPTIMIZER_TENSORS_FILE))
+        (staging / OPTIMIZER_FILE).write_text(json.dumps(rest))
+        if accelerator.scaler is not None:
+            (staging / SCALER_FILE).write_text(json.dumps(accelerator.scaler.state_dict()))
+        (staging / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+        (staging / TRAINER_STATE_FILE).write_text(json.dumps({"step": step}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (staging / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
-        (staging / "trainer_state.json").write_text(json.dumps({"step": step}))
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         if total_limit:
@@ -102,10 +176,80 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     return final
 
 
+# --- loading --------------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"Cannot resume: {path} is missing or not valid JSON ({error}). The checkpoint is "
+                          "incomplete or damaged: delete its folder to resume from the previous one.") from error
+
+
+def _set_rng_state(state: dict[str, Any], path: Path) -> None:
+    try:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        if torch.cuda.is_available() and "torch_cuda" in state:
+            for device, values in enumerate(state["torch_cuda"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(torch.tensor(values, dtype=torch.uint8), device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"Cannot resume: {path} does not hold valid RNG states ({error!r}). The checkpoint is "
+                          "damaged: delete its folder to resume from the previous one.") from error
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
+    rest = _read_json(checkpoint / OPTIMIZER_FILE)
+    tensors = load_file(str(checkpoint / OPTIMIZER_TENSORS_FILE))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in rest["state_scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    if len(rest["param_groups"]) != len(optimizer.param_groups):
+        raise ConfigError(f"Cannot resume: {checkpoint / OPTIMIZER_FILE} has {len(rest['param_groups'])} parameter "
+                          f"groups, the optimizer {len(optimizer.param_groups)}; the checkpoint is from another model.")
+    # JSON turns tuples (AdamW betas) into lists; give back the types the live optimizer uses.
+    groups = [{k: tuple(v) if isinstance(live.get(k), tuple) else v for k, v in saved.items()}
+              for saved, live in zip(rest["param_groups"], optimizer.state_dict()["param_groups"])]
+    # torch's load_state_dict moves each tensor to its parameter's device and dtype (the step counters stay on CPU).
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> int:
+    """Restores model, optimizer, this process's RNG states and the scaler; returns the saved step."""
+    checkpoint = Path(checkpoint)
+    refuse_pickle_files(checkpoint)
+    step = int(_read_json(checkpoint / TRAINER_STATE_FILE)["step"])
+    missing, unexpected = load_model(accelerator.unwrap_model(model), str(checkpoint / MODEL_FILE),
+                                     strict=False, device=str(accelerator.device))
+    if missing or unexpected:
+        raise ConfigError(f"Cannot resume: {checkpoint / MODEL_FILE} does not match the model "
+                          f"(missing {missing}, unexpected {unexpected}).")
+    _load_optimizer(optimizer, checkpoint)
+    if accelerator.scaler is not None and (checkpoint / SCALER_FILE).is_file():
+        accelerator.scaler.load_state_dict(_read_json(checkpoint / SCALER_FILE))
+    rng_path = checkpoint / RNG_FILE.format(accelerator.process_index)
+    if rng_path.is_file():
+        _set_rng_state(_read_json(rng_path), rng_path)
+    else:  # written by fewer processes: data order still follows the step, only random ops differ from before
+        print(f"[process {accelerator.process_index}] {rng_path.name} not in {checkpoint} (written by fewer "
+              "processes): this process keeps its fresh RNG state, so resume is not bit-exact.")
+    return step
+
+
 __all__ = [
     "TrainingState",
     "check_resume_compatible",
     "list_checkpoints",
+    "load_checkpoint",
+    "refuse_pickle_files",
     "resolve_resume_path",
     "save_checkpoint",
 ]

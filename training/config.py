@@ -139,6 +139,9 @@ class TrainingConfig:
     """`latest` (newest complete checkpoint in `output_dir`, fresh start if none) or a checkpoint folder."""
     save_reparameterized: bool = False
     """Also write `output_dir/model/reparameterized`, the fused inference copy (uploaded with the model)."""
+    overwrite_output_dir: bool = False
+    """Remove another run's files from `output_dir` at start-up (named in the log) instead of refusing to start;
+    a folder holding this same run (same resume-invariant keys) is resumed either way."""
 
     # --- logging -----------------------------------------------------------------------------------------------
     report_to: str = "tensorboard"

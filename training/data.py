@@ -40,6 +40,13 @@ class DataValidationError(ValueError):
     """The training data does not fit the configuration: the message names the dataset, column/row and the fix."""
 
 
+# Single data files given as `train_data`, read through `data_files` with their packaged builder (as
+# dataset_scripts.reinforce.load_source does).
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+# Stored teacher embeddings are L2-normalised per teacher (dr_format): a slice whose rows are not of unit norm
+# means the card's per-teacher dims do not cut the stored vectors where the teachers' embeddings meet.
+NORM_CHECK_ROWS, NORM_TOLERANCE = 4, 0.05
+
 # The reinforced format's columns (dataset_scripts/dr_format.py); its rows are read by name, not via *_column keys.
 REINFORCED_COLUMNS = ("uid", "image", "caption", "syn_captions", "aug_params", "image_emb", "text_emb")
 
@@ -65,7 +72,12 @@ def load_train_dataset(config: TrainingConfig) -> datasets.Dataset:
     if not config.train_data:
         raise DataValidationError("No training data: set `train_data` (a local folder/file or a Hub dataset id).")
     try:
-        dataset = datasets.load_dataset(config.train_data, config.train_data_config, split=config.train_split)
+        builder = next((b for suffix, b in DATA_FILE_BUILDERS.items() if config.train_data.endswith(suffix)), None)
+        if builder:  # one data file (or a glob): `load_dataset(path)` only takes folders and Hub ids
+            dataset = datasets.load_dataset(builder, data_files={config.train_split.split("[")[0]: config.train_data},
+                                            split=config.train_split)
+        else:
+            dataset = datasets.load_dataset(config.train_data, config.train_data_config, split=config.train_split)
     except ValueError as error:
         if "Unknown split" in str(error):
             raise DataValidationError(
@@ -143,6 +155,7 @@ def validate_dataset(
                     f"{where}: column {column!r} stores embeddings of shape {shape}, but the card's teachers "
                     f"{card_specs} have dims {dims} (sum {sum(dims)}) and imply {(rows, sum(dims))}."
                 )
+        check_teacher_slices(dataset, where, card_specs, dims)
     if config.mode != "clip":
         scales = config.teacher_logit_scales
         if scales is not None and len(scales) != len(dims):
@@ -159,6 +172,33 @@ def validate_dataset(
         num_rows=len(dataset),
         card_logit_scales=card_logit_scales,
     )
+
+
+def check_teacher_slices(dataset: datasets.Dataset, where: str, specs: list[str], dims: list[int]) -> None:
+    """The card's per-teacher dims must cut the first rows' stored embeddings into unit-norm slices.
+
+    Shapes only check the sum of the dims; an edited card ([16, 24] for [24, 16]) would train every teacher's
+    distillation term against a mix of two teachers. Checked on image_emb (all views) and text_emb row 0 (the
+    ground-truth caption; later rows may be zero padding) of the first few rows.
+    """
+    import numpy as np
+
+    sample = dataset.select_columns(["image_emb", "text_emb"]).select(range(min(NORM_CHECK_ROWS, len(dataset))))
+    sample = sample.with_format("numpy")[:]
+    for column, vectors in (("image_emb", sample["image_emb"]), ("text_emb", np.asarray(sample["text_emb"])[:, :1])):
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, sum(dims))
+        offset = 0
+        for spec, dim in zip(specs, dims):
+            norms = np.linalg.norm(vectors[:, offset: offset + dim], axis=-1)
+            offset += dim
+            if np.abs(norms - 1.0).max() > NORM_TOLERANCE:
+                raise DataValidationError(
+                    f"{where}: the dataset card's teacher {spec!r} (dim {dim}, embedding columns "
+                    f"{offset - dim}..{offset - 1} of {sum(dims)}) does not cut unit-norm vectors out of {column!r}: "
+                    f"L2 norms of its slice in the first rows are {np.round(norms[:8], 3).tolist()}, expected 1 "
+                    f"(+-{NORM_TOLERANCE}). The card's teacher dims {dims} do not match how the embeddings were "
+                    "stored; restore the card's `datacompdr.teachers` dims (README.md) or re-reinforce the data."
+                )
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):

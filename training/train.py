@@ -39,6 +39,7 @@ from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
 from training.checkpointing import (
     TrainingState,
     check_resume_compatible,
+    load_checkpoint,
     resolve_resume_path,
     save_checkpoint,
 )
@@ -46,6 +47,7 @@ from training.config import ConfigError, TrainingConfig, parse_args
 from training.data import (Collator, DataSpec, TrainingSamples, build_train_dataloader, load_train_dataset,
                            validate_dataset)
 from training.losses import ReinforcedCLIPLoss
+from training.run_guard import guard_output_dir
 
 
 DEFAULT_TEACHER_LOGIT_SCALE = 100.0  # MobileCLIP v1's teachers (OpenAI / DataComp-XL ViT-L-14)
@@ -299,6 +301,9 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
         "teacher_logit_scales_resolved": teacher_scales,
         "use_synthetic_captions_resolved": spec.use_synthetic_captions,
     }
+    # Before anything is written: output_dir must be empty or hold this same run (see training/run_guard.py).
+    guard_output_dir(output_dir, resolved, bool(config.resume_from_checkpoint), config.overwrite_output_dir,
+                     accelerator.is_main_process, accelerator.wait_for_everyone, accelerator.print)
     evaluation = PeriodicEvaluation(config, accelerator) if config.eval_data else None
 
     # Model and optimizer. Seeding right here makes the initial weights independent of what loaded before
@@ -318,13 +323,14 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: MobileCLIPModel = accelerator.unwrap_model(model)
+    # Not registered with accelerator.register_for_checkpointing: accelerate would unpickle it with
+    # weights_only=False on resume. training.checkpointing saves and restores it as JSON.
     state = TrainingState()
-    accelerator.register_for_checkpointing(state)
 
     resume_path = resolve_resume_path(config)
     if resume_path is not None:
         check_resume_compatible(resume_path, resolved)
-        accelerator.load_state(str(resume_path))
+        state.step = load_checkpoint(accelerator, resume_path, model, optimizer)
         accelerator.print(f"Resumed from {resume_path} at step {state.step}.")
     history = []
     if accelerator.is_main_process:
@@ -404,7 +410,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
         progress.update(1)
 
         if config.save_steps and state.step % config.save_steps == 0 and state.step < config.max_steps:
-            save_checkpoint(accelerator, output_dir, state.step, resolved, config.save_total_limit)
+            save_checkpoint(accelerator, output_dir, state.step, resolved, config.save_total_limit, model, optimizer)
         if evaluation is not None and config.eval_steps and state.step % config.eval_steps == 0 \
                 and state.step < config.max_steps:
             metrics = evaluation(unwrapped, processor)

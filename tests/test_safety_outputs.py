@@ -1,0 +1,133 @@
+"""Output folders have an owner: reinforcement and training refuse to write into another run's folder."""
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import datasets  # noqa: E402
+import pytest  # noqa: E402
+
+from test_dataset_reinforce import EMOJI, emoji_rows, models, read_output, run  # noqa: E402,F401 (fixture)
+from torch_threads import single_torch_thread  # noqa: E402,F401 (autouse fixture)
+
+ONE_TEACHER = dict(captioner=False)
+SMALL = ("--split", "train[:3]", "--caption-column", "name")
+
+
+def teacher(models):
+    return models["open_clip_teacher"]
+
+
+def write_source(path, rows):
+    features = datasets.Features({"uid": datasets.Value("string"), "image": datasets.Image(),
+                                  "caption": datasets.Value("string")})
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
+    return path
+
+
+def rows(uids):
+    images = emoji_rows(len(uids))
+    return [{"uid": u, "image": r["image"], "caption": r["name"]} for u, r in zip(uids, images)]
+
+
+def test_rerun_with_another_source_is_refused_and_the_same_run_resumes(tmp_path, models):
+    output = tmp_path / "out"
+    a = write_source(tmp_path / "a.parquet", rows(["a0", "a1", "a2"]))
+    b = write_source(tmp_path / "b.parquet", rows(["b0", "b1", "b2"]))
+    base = ("--caption-column", "caption")
+    assert run(output, models, *base, source=a, teachers=teacher(models), **ONE_TEACHER)["written"] == 3
+    with pytest.raises(ValueError, match=r"Refusing to write into .*reinforced from another source.*source: "
+                                         r"existing .*a\.parquet.*b\.parquet.*--overwrite"):
+        run(output, models, *base, source=b, teachers=teacher(models), **ONE_TEACHER)
+    assert {r["uid"] for r in read_output(output)} == {"a0", "a1", "a2"}  # untouched
+    rerun = run(output, models, *base, source=a, teachers=teacher(models), **ONE_TEACHER)  # same run: resumes
+    assert rerun["complete"] and rerun["timing"]["samples"] == 0
+    # --overwrite replaces the other run, and says so.
+    entry = run(output, models, *base, "--overwrite", source=b, teachers=teacher(models), **ONE_TEACHER)
+    assert entry["complete"] and {r["uid"] for r in read_output(output)} == {"b0", "b1", "b2"}
+
+
+def test_folder_with_foreign_files_is_refused_and_overwrite_names_and_removes_them(tmp_path, models, capsys):
+    output = tmp_path / "pulled-from-hub"
+    (output / "data").mkdir(parents=True)
+    (output / "data" / "train-00000-0000.parquet").write_bytes(b"someone else's rows")
+    (output / "README.md").write_text("# my own notes\n")
+    with pytest.raises(ValueError, match=r"holds 2 file\(s\) that no reinforcement run wrote.*README\.md.*"
+                                         r"train-00000-0000\.parquet.*--overwrite"):
+        run(output, models, *SMALL, teachers=teacher(models), **ONE_TEACHER)
+    assert (output / "README.md").read_text() == "# my own notes\n"
+    entry = run(output, models, *SMALL, "--overwrite", teachers=teacher(models), **ONE_TEACHER)
+    assert entry["complete"] and entry["written"] == 3
+    assert "--overwrite: removing 2 file(s)" in capsys.readouterr().out
+    assert "datacompdr" in (output / "README.md").read_text()
+
+
+def test_an_edited_readme_of_our_own_run_is_not_silently_replaced(tmp_path, models):
+    output = tmp_path / "out"
+    run(output, models, *SMALL, teachers=teacher(models), **ONE_TEACHER)
+    (output / "README.md").write_text("# hand-written card\n")
+    with pytest.raises(ValueError, match=r"README\.md is not the dataset card this run wrote.*--overwrite to "
+                                         r"replace its README\.md"):
+        run(output, models, *SMALL, teachers=teacher(models), **ONE_TEACHER)
+    assert (output / "README.md").read_text() == "# hand-written card\n"
+    run(output, models, *SMALL, "--overwrite", teachers=teacher(models), **ONE_TEACHER)
+    assert len(read_output(output)) == 3 and "datacompdr" in (output / "README.md").read_text()
+
+
+def test_duplicated_uids_are_an_error_or_dropped_and_reported(tmp_path, models):
+    source = write_source(tmp_path / "dup.parquet", rows(["x", "y", "x", "z", "y"]))
+    args = ("--caption-column", "caption")
+    with pytest.raises(ValueError, match=r"2 uid\(s\) in column 'uid' occur on several rows: 'x' \(rows 0, 2\), "
+                                         r"'y' \(rows 1, 4\).*--drop-duplicate-uids"):
+        run(tmp_path / "a", models, *args, source=source, teachers=teacher(models), **ONE_TEACHER)
+    entry = run(tmp_path / "b", models, *args, "--drop-duplicate-uids", source=source, teachers=teacher(models),
+                **ONE_TEACHER)
+    assert sorted(r["uid"] for r in read_output(tmp_path / "b")) == ["x", "y", "z"]
+    report = json.loads((tmp_path / "b" / "reinforce_report.json").read_text())["train"]
+    assert report["dropped_duplicate_uids"] == [{"uid": "x", "row": 2}, {"uid": "y", "row": 4}]
+    assert entry["written"] == 3
+    with pytest.raises(ValueError, match="--drop-duplicate-uids needs the whole uid column"):
+        run(tmp_path / "c", models, *args, "--drop-duplicate-uids", "--streaming", source=source,
+            teachers=teacher(models), **ONE_TEACHER)
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reinforced_data(tmp_path_factory):
+    from test_train import build_reinforced_dataset
+
+    return build_reinforced_dataset(tmp_path_factory.mktemp("reinforced"), num_rows=16)
+
+
+def _config(**values):
+    from test_train import _tiny_config
+
+    return _tiny_config(**values)
+
+
+def test_training_into_another_runs_folder_is_refused_and_the_old_run_is_untouched(
+        fresh_accelerate_state, reinforced_data, tmp_path):
+    from training.config import ConfigError
+    from training.train import train
+
+    out = tmp_path / "out"
+    base = dict(train_data=str(reinforced_data), output_dir=str(out), resume_from_checkpoint="latest",
+                save_steps=2, max_steps=4)
+    train(_config(**base))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert (out / "run_fingerprint.json").is_file() and (out / "checkpoints").is_dir()
+    with pytest.raises(ConfigError, match=r"output_dir .*holds another run .*seed: existing 0, now 1.*"
+                                          r"overwrite_output_dir: true"):
+        train(_config(**base, seed=1))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(ConfigError, match=r"restart from step 0 over them.*resume_from_checkpoint: latest"):
+        train(_config(**{**base, "resume_from_checkpoint": None}))
+    # The same run resumes (nothing left to do: the result is the old one).
+    assert train(_config(**base)).step == 4
+    # overwrite_output_dir replaces it.
+    result = train(_config(**base, seed=1, overwrite_output_dir=True))
+    assert result.step == 4
+    assert json.loads((out / "run_fingerprint.json").read_text())["seed"] == 1
