@@ -9,14 +9,18 @@ backbone), its text tower and its preprocessing. Facts come from Apple's `mobile
 # `@strict` skips type checks for string annotations, so `causal: "false"` was stored as a truthy string.
 import copy
 import difflib
+import functools
+import inspect
 import math
+import os
 from typing import Any
 
 from dataclasses import fields
 
 from huggingface_hub.dataclasses import strict
-from huggingface_hub.errors import StrictDataclassFieldValidationError
-from transformers import PreTrainedConfig
+from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
+from transformers import GenerationConfig, PreTrainedConfig
+from transformers.utils import CONFIG_NAME, cached_file
 
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -89,6 +93,10 @@ class MobileCLIPTextConfig(PreTrainedConfig):
     bos_token_id: int | None = 49406
     eos_token_id: int | list[int] | None = 49407
 
+    def __post_init__(self, **kwargs):
+        _check_init_kwargs(type(self), kwargs)
+        super().__post_init__(**kwargs)
+
     def validate_architecture(self):
         """Checks the sizes that the modules rely on."""
         if self.hidden_size % self.num_attention_heads != 0:
@@ -132,6 +140,10 @@ class MobileCLIPVisionConfig(PreTrainedConfig):
     reparameterized: bool = False
     backbone_kwargs: dict | None = None
     initializer_range: float | int = 0.02
+
+    def __post_init__(self, **kwargs):
+        _check_init_kwargs(type(self), kwargs)
+        super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Checks the backbone choice and the ViT-stem switch."""
@@ -190,11 +202,13 @@ class MobileCLIPConfig(PreTrainedConfig):
     initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs):
+        _check_init_kwargs(type(self), kwargs)
         for key, sub_class in _SUB_CONFIG_CLASSES.items():
             value = getattr(self, key)
             if value is None:
                 setattr(self, key, sub_class())
             elif isinstance(value, dict):
+                _check_keywords(value, sub_class, f"{type(self).__name__}({key}=...)", _transformers_keys(sub_class))
                 try:
                     setattr(self, key, sub_class(**value))
                 except StrictDataclassFieldValidationError as error:
@@ -219,6 +233,25 @@ class MobileCLIPConfig(PreTrainedConfig):
     @property
     def reparameterized(self) -> bool:
         return self.vision_config.reparameterized and self.text_config.reparameterized
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedConfig.from_pretrained`; a config.json that fails validation raises naming its path.
+
+        The error keeps its type (`StrictDataclassFieldValidationError` for a wrongly typed value, TypeError for an
+        unknown key, `StrictDataclassClassValidationError` from `validate_architecture`); only the message gains the
+        file.
+        `MobileCLIPModel.from_pretrained` reads its config through here.
+        """
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (StrictDataclassError, TypeError, ValueError) as error:
+            path = _config_file_path(pretrained_model_name_or_path, kwargs)
+            if error.args and isinstance(error.args[0], str):
+                error.args = (f"Invalid config {path}: {error.args[0]}", *error.args[1:])
+            else:
+                error.add_note(f"(while reading the config {path})")
+            raise
 
     @classmethod
     def from_variant(cls, name: str, **overrides: Any) -> "MobileCLIPConfig":
@@ -248,10 +281,71 @@ class MobileCLIPConfig(PreTrainedConfig):
         return cls(**preset)
 
 
-def _check_keywords(given: dict, config_class: type, where: str) -> None:
-    """Raises a TypeError naming every keyword that is no field of `config_class`, with difflib's close matches."""
+def _config_file_path(pretrained_model_name_or_path, kwargs: dict) -> str:
+    """The config.json that `from_pretrained` read (a local file, a folder's file or the Hub cache's copy)."""
+    name, subfolder = str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""
+    if os.path.isfile(os.path.join(subfolder, name)):
+        return name
+    try:
+        path = cached_file(
+            name,
+            kwargs.get("_configuration_file", CONFIG_NAME),
+            subfolder=subfolder,
+            cache_dir=kwargs.get("cache_dir"),
+            revision=kwargs.get("revision"),
+            local_files_only=True,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    except Exception:  # only for the message: never hide the original error behind a lookup failure
+        path = None
+    return str(path) if path else f"{CONFIG_NAME} of {name!r}"
+
+
+@functools.lru_cache(maxsize=None)
+def _transformers_keys(config_class: type) -> frozenset:
+    """Keywords that are no dataclass field of `config_class` but that transformers' `PreTrainedConfig` knows.
+
+    `from_pretrained` / `from_dict` pass every key of a saved config.json (`model_type`, `auto_map`, legacy
+    `torch_dtype`, ...) and load-time overrides (`attn_implementation`, `num_labels`, ...) to the constructor, and
+    `PreTrainedConfig.__post_init__` consumes or stores them: those stay accepted. So do its other attributes and
+    properties (`name_or_path`, `use_return_dict`, ...) and the generation parameters it drops from old configs.
+    """
+    base = PreTrainedConfig
+    attributes = {
+        name
+        for name in dir(base)
+        if not name.startswith("__")
+        and not isinstance(inspect.getattr_static(base, name), (classmethod, staticmethod))
+        and not callable(inspect.getattr_static(base, name))
+    }
+    try:
+        generation = set(GenerationConfig._get_default_generation_params())
+    except Exception:  # a private helper of transformers: its absence must not break loading
+        generation = set()
+    consumed = {
+        "model_type", "auto_map", "torch_dtype", "num_labels", "name_or_path", "_name_or_path", "_commit_hash",
+        "output_attentions", "attn_implementation", "experts_implementation", "per_layer_config",
+        "_attn_implementation_internal", "_experts_implementation_internal", "rope_scaling", "rope_theta",
+        "rope_parameters",
+    }  # fmt: skip
+    return frozenset(attributes | generation | consumed | set(getattr(config_class, "attribute_map", {}) or {}))
+
+
+def _check_init_kwargs(config_class: type, kwargs: dict) -> None:
+    """`__post_init__` receives the keywords that are no field: refuse those transformers does not know either.
+
+    `PreTrainedConfig` would otherwise store a misspelt `projection_dm=256` (or a misspelt key of a config.json)
+    as a new attribute and silently keep the default.
+    """
+    _check_keywords(kwargs, config_class, f"{config_class.__name__}()", _transformers_keys(config_class))
+
+
+def _check_keywords(given: dict, config_class: type, where: str, also_allowed=frozenset()) -> None:
+    """Raises a TypeError naming every keyword that is no field of `config_class` (nor in `also_allowed`), with
+    difflib's close matches among the fields."""
     valid = [field.name for field in fields(config_class)]
-    unknown = [key for key in given if key not in valid]
+    unknown = [key for key in given if key not in valid and key not in also_allowed]
     if unknown:
         hints = []
         for key in unknown:

@@ -150,7 +150,8 @@ def test_save_and_reload_restores_weights_and_batchnorm_statistics(tiny_model, t
         assert torch.equal(ours, theirs), name
     config = __import__("json").loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_mobileclip.MobileCLIPModel"
-    assert (tmp_path / "modeling_mobileclip.py").is_file() and (tmp_path / "configuration_mobileclip.py").is_file()
+    for name in ("modeling_mobileclip.py", "configuration_mobileclip.py", "text_mobileclip.py"):
+        assert (tmp_path / name).is_file(), name  # the remote-code files, relative imports included
 
 
 def test_bf16_inference_tracks_fp32(tiny_model, tiny_config):

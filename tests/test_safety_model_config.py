@@ -6,10 +6,16 @@ import re
 
 import pytest
 import torch
-from huggingface_hub.errors import StrictDataclassFieldValidationError
+from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
 from safetensors.torch import save_file
 
-from modeling_mobileclip.configuration_mobileclip import MobileCLIPConfig, MobileCLIPTextConfig
+from modeling_mobileclip.configuration_mobileclip import (
+    DEV_VARIANTS,
+    VARIANTS,
+    MobileCLIPConfig,
+    MobileCLIPTextConfig,
+    MobileCLIPVisionConfig,
+)
 from modeling_mobileclip.convert import load_checkpoint
 from modeling_mobileclip.modeling_mobileclip import MobileCLIPModel
 
@@ -90,6 +96,79 @@ def test_misspelt_keyword_to_from_variant_is_refused_with_suggestions():
     overrides = dict(projection_dim=256, text_config={"projection_dim": 256}, vision_config={"projection_dim": 256})
     config = MobileCLIPConfig.from_variant("mobileclip-s0", **overrides)
     assert config.projection_dim == config.text_config.projection_dim == 256
+
+
+def test_misspelt_keyword_to_a_constructor_is_refused_with_suggestions():
+    # Before: stored as a new attribute, the default silently kept.
+    unknown = "got unknown keyword(s)"
+    hint = "'projection_dm' (did you mean 'projection_dim'?)"
+    with pytest.raises(TypeError, match=re.escape(f"MobileCLIPConfig() {unknown} {hint}")):
+        MobileCLIPConfig(projection_dm=256)
+    hint = "'hiden_size' (did you mean 'hidden_size'"
+    with pytest.raises(TypeError, match=re.escape(f"MobileCLIPTextConfig() {unknown} {hint}")):
+        MobileCLIPTextConfig(hiden_size=256)
+    hint = "'imge_size' (did you mean 'image_size'?)"
+    with pytest.raises(TypeError, match=re.escape(f"MobileCLIPVisionConfig() {unknown} {hint}")):
+        MobileCLIPVisionConfig(imge_size=224)
+    with pytest.raises(TypeError, match=re.escape(f"MobileCLIPConfig(vision_config=...) {unknown} 'backbon'")):
+        MobileCLIPConfig(vision_config={"backbon": "fastvit_mci1"})
+
+
+def test_keys_transformers_knows_are_still_accepted(tmp_path):
+    # What PreTrainedConfig itself writes or consumes: saved-config keys, legacy `torch_dtype`, load-time overrides.
+    config = MobileCLIPConfig(
+        model_type="mobileclip", transformers_version="5.0.0", architectures=["MobileCLIPModel"], auto_map={},
+        torch_dtype="float32", _name_or_path="somewhere", attn_implementation="eager", output_attentions=False,
+        id2label={"0": "a", "1": "b"}, _commit_hash="abc",
+        text_config={"model_type": "mobileclip_text_model", "dtype": "float32", "_name_or_path": ""},
+        vision_config={"model_type": "mobileclip_vision_model", "transformers_version": "5.0.0"},
+    )  # fmt: skip
+    assert config.id2label == {0: "a", 1: "b"} and config._attn_implementation == "eager"
+    folder = _write_config(tmp_path / "model", lambda c: c.update(torch_dtype="float32", _name_or_path="x"))
+    assert MobileCLIPConfig.from_pretrained(folder, attn_implementation="sdpa").projection_dim == 32
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, *DEV_VARIANTS])
+def test_every_variant_config_survives_save_and_load(tmp_path, name):
+    config = MobileCLIPConfig.from_variant(name)
+    config.save_pretrained(tmp_path)
+    assert MobileCLIPConfig.from_pretrained(tmp_path).to_json_string() == config.to_json_string()
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda config: config.update(projection_dm=256), "'projection_dm' (did you mean 'projection_dim'?)"),
+        (lambda config: config["text_config"].update(casual=True), "'casual' (did you mean 'causal'?)"),
+        (lambda config: config["vision_config"].update(backbon="x"), "'backbon' (did you mean 'backbone'"),
+    ],
+    ids=["top_level", "text_config", "vision_config"],
+)
+def test_misspelt_key_in_config_json_fails_at_load_naming_key_and_file(tmp_path, edit, key):
+    folder = _write_config(tmp_path / "model", edit)
+    expected = f"Invalid config {folder / 'config.json'}: .*{re.escape(key)}"
+    with pytest.raises(TypeError, match=expected):
+        MobileCLIPConfig.from_pretrained(folder)
+    with pytest.raises(TypeError, match=expected):
+        MobileCLIPModel.from_pretrained(folder)  # reads its config through MobileCLIPConfig.from_pretrained
+    with pytest.raises(TypeError, match=expected):  # a path to the file itself
+        MobileCLIPConfig.from_pretrained(folder / "config.json")
+
+
+# ------------------------------------------------------------------------------- config errors name their file
+
+
+def test_invalid_config_json_errors_name_the_file(tmp_path):
+    folder = _write_config(tmp_path / "wrong_type", lambda config: config["text_config"].update(causal="false"))
+    path = re.escape(str(folder / "config.json"))
+    for load in (MobileCLIPConfig.from_pretrained, MobileCLIPModel.from_pretrained):
+        with pytest.raises(StrictDataclassFieldValidationError, match=rf"^Invalid config {path}: .*'text_config'"):
+            load(folder)
+    folder = _write_config(tmp_path / "mismatch", lambda config: config.update(resample="nearest"))
+    path = re.escape(str(folder / "config.json"))
+    for load in (MobileCLIPConfig.from_pretrained, MobileCLIPModel.from_pretrained):
+        with pytest.raises(StrictDataclassError, match=rf"(?s)^Invalid config {path}: .*resample must be 'bilinear'"):
+            load(folder)
 
 
 # ------------------------------------------------------------------------------------------ truncated weight files
