@@ -6,6 +6,10 @@
 Each input shard becomes one Parquet file, written atomically; a rerun skips shards already converted. Samples
 without an image (not downloaded), with an undecodable image or an empty caption are skipped and listed in
 `reinforce_report.json`. N, K and D come from the first usable sample; every sample must match them.
+
+The output folder has an owner, as for `reinforce` (`ownership.py`): the shards (absolute local paths with sizes,
+or URLs) and the options that decide which samples are kept are recorded, and a folder holding another conversion,
+a reinforcement run or files this converter did not write is refused unless `--overwrite`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +27,9 @@ from .augmentation import AugmentationConfig, decode_rgb
 from .dr_format import ReinforcementMetadata, TeacherInfo, card_split_sizes, shard_filename, write_dataset_card
 from .dr_format import write_parquet_shard
 from .official import OFFICIAL_CAPTIONER, OFFICIAL_TEACHERS, expand_shards, iter_tar_samples, parse_official_sample
-from .reinforce import (
-    SKIP_EMPTY_CAPTION,
-    STATE_DIR,
-    SKIP_UNDECODABLE,
-    check_metadata,
-    part_state_path,
-    push_to_hub,
-    read_part_states,
-    write_json_atomic,
-    write_report,
-)
+from .ownership import claim_output, record_card
+from .reinforce import SKIP_EMPTY_CAPTION, SKIP_UNDECODABLE, push_to_hub
+from .run_state import STATE_DIR, part_state_path, read_part_states, state_dir, write_json_atomic, write_report
 
 SKIP_MISSING_IMAGE = "missing_image"
 SKIP_SHA256_MISMATCH = "sha256_mismatch"
@@ -81,12 +78,39 @@ def skip_reason(sample: dict, verify_images: bool, verify_sha256: bool = False) 
     return None
 
 
+def shards_identity(args: argparse.Namespace, shards: list[str]) -> dict[str, Any]:
+    """What a conversion reads and keeps, for `claim_output`: local shards by absolute path and size (a rerun from
+    another directory is the same source, a regenerated shard is not), remote ones by URL; and the options that
+    change which samples are written, since a resume under other options would mix two selections."""
+    files = [[os.path.abspath(s), os.path.getsize(s)] if os.path.isfile(s) else [s, None] for s in shards]
+    return {"source": "official DataCompDR shards", "shards": files, "split": args.split,
+            "options": {"syn_key": args.syn_key, "verify_images": not args.no_verify_images,
+                        "verify_sha256": bool(args.verify_sha256)}}
+
+
+def first_usable_metadata(shards: list[str], args: argparse.Namespace) -> ReinforcementMetadata:
+    """The metadata, from the first usable sample: ownership is settled before anything is written, so it is
+    read up front (usually the first sample of the first shard)."""
+    reasons: dict[str, int] = {}
+    for shard in shards:
+        for key, members in iter_tar_samples(shard):
+            sample = parse_official_sample(key, members, args.syn_key)
+            reason = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
+            if reason is None:
+                return build_metadata(sample, args)
+            reasons[reason["reason"]] = reasons.get(reason["reason"], 0) + 1
+    raise ValueError(f"No usable sample in {args.shards!r} (skipped: {reasons}); images must be downloaded first "
+                     "(see the README's img2dataset recipe).")
+
+
 def convert(args: argparse.Namespace) -> dict[str, Any]:
     """Convert every shard not converted yet; return the report entry of the split."""
     output, split = Path(args.output), args.split
     shards = expand_shards(args.shards)
+    metadata = first_usable_metadata(shards, args)
+    claim_output(output, output / STATE_DIR, split, shards_identity(args, shards), metadata, args.overwrite,
+                 is_main=True, has_part_states=any(state_dir(output, split).glob("*.json")))
     done = {state["unit"] for state in read_part_states(output, split)}
-    metadata = None
     for unit, shard in enumerate(tqdm(shards, desc="convert", unit="shard", disable=args.no_progress)):
         if unit in done:
             continue
@@ -98,9 +122,6 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
             if reason:
                 skipped.append({"uid": sample["uid"], "unit": unit, "row": rows - 1, **reason})
                 continue
-            if metadata is None:
-                metadata = build_metadata(sample, args)
-                check_metadata(output, metadata, is_main=True)
             examples.append({k: sample[k] for k in ("uid", "image", "caption", "syn_captions", "aug_params",
                                                      "image_emb", "text_emb")})
         if examples:
@@ -110,15 +131,9 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
             "unit_finished": True, "shard": shard})
     states = read_part_states(output, split)
     entry = write_report(output, split, states, len(shards), {})
-    recorded = output / STATE_DIR / "metadata.json"
-    if metadata is None and recorded.exists():
-        metadata = ReinforcementMetadata.from_dict(json.loads(recorded.read_text()))
-    if metadata is None:
-        raise ValueError(f"No usable sample in {args.shards!r} (report: {entry['skipped_by_reason']}); images "
-                         "must be downloaded first (see the README's img2dataset recipe).")
     sizes = card_split_sizes(output)
     sizes[split] = entry["written"]
-    write_dataset_card(output, metadata, sizes)
+    record_card(output / STATE_DIR, write_dataset_card(output, metadata, sizes))
     if args.push_to_hub:
         push_to_hub(output, args.push_to_hub)
     return entry
@@ -141,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Skip samples whose image bytes do not match the sha256 in their json member.")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an --output folder holding another conversion or run, or files this converter "
+                             "did not write (what is removed is printed); a folder holding this same conversion "
+                             "still resumes.")
     return parser
 
 

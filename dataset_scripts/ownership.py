@@ -12,6 +12,7 @@ whether the folder holds *its own* run before it appends to it. `.reinforce_stat
 holds another run (other settings, another source for the split) or files no run of ours wrote (a dataset pulled
 from the Hub, an own README.md, ...). With `--overwrite` it says what it removes and removes it; a folder holding
 this same run is resumed either way, so a command with `--overwrite` can still be rerun after a crash.
+`convert_official` claims its output folders the same way (its source: the shards and the sample-selection options).
 """
 
 from __future__ import annotations

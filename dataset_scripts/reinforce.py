@@ -9,7 +9,9 @@ streaming, runs of `--shard-size` rows otherwise); each process takes every worl
 written as Parquet parts of at most `--shard-size` source rows, atomically, with a small state file per part. A
 rerun skips finished parts and resumes inside unfinished units, so an interrupted run ends with the same dataset
 as an uninterrupted one. Bad samples (undecodable images, empty captions) are skipped and listed in
-`reinforce_report.json`.
+`reinforce_report.json`. Any other error in one process ends every process with that error (their finished parts
+are kept for the rerun); the main process writes the report and the card once all have finished. CPU launches
+need ACCELERATE_USE_CPU=true (else each process would run alone).
 
 Decoding and augmentation run in DataLoader workers (which also read the captions of a `column:NAME` captioner);
 the main process runs the captioner and the teachers (batched, under bf16 autocast by default) and hands finished
@@ -37,7 +39,6 @@ from .augmentation import AugmentationConfig, apply_augmentation, decode_rgb, sa
 from .captioners import (check_captioner_spec, check_column_captioner, check_text_column, column_captioner_name,
                          column_captions, load_captioner, resolve_num_synthetic_captions)
 from .dr_format import (
-    REPORT_FILENAME,
     ReinforcementMetadata,
     TeacherInfo,
     card_split_sizes,
@@ -47,10 +48,21 @@ from .dr_format import (
     write_parquet_shard,
 )
 from .ownership import check_written_uids, claim_output, record_card, source_identity, without_duplicate_uids
+from .run_state import (  # write_part looks write_json_atomic up here: tests patch it in this module
+    STATE_DIR,
+    UnitProgress,
+    failure_exchange_group,
+    part_state_path,
+    raise_on_any_failure,
+    read_part_states,
+    state_dir,
+    unit_progress,
+    write_json_atomic,
+    write_report,
+)
 from .teachers import load_teachers, parse_model_spec
 
 
-STATE_DIR = ".reinforce_state"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 SKIP_UNDECODABLE = "undecodable_image"
 SKIP_EMPTY_CAPTION = "empty_caption"
@@ -117,15 +129,6 @@ def image_bytes(value: Any) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------- work stream
-
-
-@dataclass
-class UnitProgress:
-    """What earlier runs finished in one unit: parts written, source rows consumed, whether it is exhausted."""
-
-    parts_done: int = 0
-    rows_done: int = 0
-    finished: bool = False
 
 
 @dataclass
@@ -244,70 +247,6 @@ class ReinforcementStream(torch.utils.data.IterableDataset):
         return batch
 
 
-# ----------------------------------------------------------------------------------------------- state & report
-
-
-def state_dir(output: Path, split: str) -> Path:
-    return output / STATE_DIR / split
-
-
-def part_state_path(output: Path, split: str, unit: int, part: int) -> Path:
-    return state_dir(output, split) / f"{unit:05d}-{part:04d}.json"
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
-def read_part_states(output: Path, split: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(state_dir(output, split).glob("*.json"))]
-
-
-def unit_progress(states: list[dict[str, Any]]) -> dict[int, UnitProgress]:
-    """Per unit, the contiguous run of finished parts from part 0 (later parts are redone)."""
-    by_unit: dict[int, dict[int, dict[str, Any]]] = {}
-    for state in states:
-        by_unit.setdefault(state["unit"], {})[state["part"]] = state
-    progress = {}
-    for unit, parts in by_unit.items():
-        done = UnitProgress()
-        while done.parts_done in parts:
-            state = parts[done.parts_done]
-            done.rows_done += state["rows"]
-            done.finished = state["unit_finished"]
-            done.parts_done += 1
-        progress[unit] = done
-    return progress
-
-
-def write_report(output: Path, split: str, states: list[dict[str, Any]], num_units: int, extra: dict) -> dict:
-    """Aggregate the part states of a split into `reinforce_report.json` (other splits' entries are kept)."""
-    skipped = [s for state in states for s in state["skipped"]]
-    reasons: dict[str, int] = {}
-    for item in skipped:
-        reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
-    finished_units = {s["unit"] for s in states if s["unit_finished"]}
-    entry = {
-        "complete": len(finished_units) == num_units,
-        "units": num_units,
-        "units_finished": len(finished_units),
-        "source_rows": sum(s["rows"] for s in states),
-        "written": sum(s["written"] for s in states),
-        "skipped": len(skipped),
-        "skipped_by_reason": reasons,
-        "skipped_samples": skipped,
-        **extra,
-    }
-    path = output / REPORT_FILENAME
-    report = json.loads(path.read_text()) if path.exists() else {}
-    report[split] = {**report.get(split, {}), **entry}
-    write_json_atomic(path, report)
-    return entry
-
-
 # ----------------------------------------------------------------------------------------------- the run
 
 
@@ -390,19 +329,6 @@ class Reinforcer:
         ]
 
 
-def check_metadata(output: Path, metadata: ReinforcementMetadata, is_main: bool) -> None:
-    """Refuse to resume into an output made with other settings; record the settings on the first run."""
-    path = output / STATE_DIR / "metadata.json"
-    if path.exists():
-        existing = ReinforcementMetadata.from_dict(json.loads(path.read_text()))
-        mismatches = metadata.resume_mismatches(existing)
-        if mismatches:
-            raise ValueError(f"{output} was reinforced with other settings; use a new --output or the same "
-                             f"settings. Differences: " + "; ".join(mismatches))
-    elif is_main:
-        write_json_atomic(path, metadata.to_dict())
-
-
 def split_name(split: str) -> str:
     return split.split("[")[0]
 
@@ -410,6 +336,7 @@ def split_name(split: str) -> str:
 def reinforce(args: argparse.Namespace) -> dict[str, Any]:
     """Run the pipeline described by parsed CLI arguments; return the report entry of the split."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
     teacher_specs = [s for s in (x.strip() for x in args.teachers.split(",")) if s]
@@ -429,7 +356,14 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
 
         open_clip.add_model_config(config_path)
 
-    state = PartialState()
+    # PartialState reads ACCELERATE_USE_CPU only through AcceleratorState: without `cpu=` a CPU launch of N
+    # processes would run N independent single-process jobs, each reinforcing every unit.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and state.num_processes == 1:
+        raise RuntimeError(f"{launched} processes were launched but Accelerate runs each alone (no GPU per "
+                           "process?); on CPUs launch with ACCELERATE_USE_CPU=true.")
+    failure_group = failure_exchange_group(state.num_processes)
     output, split = Path(args.output), split_name(args.split)
     source = load_source(args.source, args.split, args.source_config, args.streaming)
     uid_column = args.uid_column or default_uid_column(source.features)
@@ -495,42 +429,48 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
     # One write in flight while the next part is computed: bounds memory, and a failed write stops the run
     # before any later part is written (as a crash would).
     buffers: dict[tuple[int, int], dict[str, Any]] = {}
-    with ThreadPoolExecutor(max_workers=1) as writer, datasets_progress_bars_disabled():
-        in_flight = None
-        for batch in loader:
-            key = (batch["unit"], batch["part"])
-            buffer = buffers.setdefault(key, {"examples": [], "skipped": [], "batches": 0})
-            buffer["examples"].extend(reinforcer.examples(batch, buffer["batches"]))
-            buffer["skipped"].extend(batch["skipped"])
-            buffer["batches"] += 1
-            bar.update(len(batch["uids"]) + len(batch["skipped"]))
-            bar.set_postfix(teacher=f"{reinforcer.timing.as_dict()['teacher_share']:.0%}", refresh=False)
-            if batch["last_in_part"]:
-                done = buffers.pop(key)
-                if in_flight is not None:
-                    in_flight.result()
-                in_flight = writer.submit(write_part, *key, done["examples"], done["skipped"],
-                                          batch["rows_in_part"], batch["unit_finished"])
-        if in_flight is not None:
-            in_flight.result()
-    bar.close()
+    error = None
+    try:
+        with ThreadPoolExecutor(max_workers=1) as writer, datasets_progress_bars_disabled():
+            in_flight = None
+            for batch in loader:
+                key = (batch["unit"], batch["part"])
+                buffer = buffers.setdefault(key, {"examples": [], "skipped": [], "batches": 0})
+                buffer["examples"].extend(reinforcer.examples(batch, buffer["batches"]))
+                buffer["skipped"].extend(batch["skipped"])
+                buffer["batches"] += 1
+                bar.update(len(batch["uids"]) + len(batch["skipped"]))
+                bar.set_postfix(teacher=f"{reinforcer.timing.as_dict()['teacher_share']:.0%}", refresh=False)
+                if batch["last_in_part"]:
+                    done = buffers.pop(key)
+                    if in_flight is not None:
+                        in_flight.result()
+                    in_flight = writer.submit(write_part, *key, done["examples"], done["skipped"],
+                                              batch["rows_in_part"], batch["unit_finished"])
+            if in_flight is not None:
+                in_flight.result()
+    except Exception as failure:  # a DataLoader worker, a teacher or the writer: every process must learn of it
+        error = failure
+    finally:
+        bar.close()
+    raise_on_any_failure(error, failure_group, state.process_index, state.num_processes)
     timing = reinforcer.timing.as_dict()
 
+    # All processes' parts are written now (the exchange above waited for them): the main process alone writes the
+    # report and the card, the others only compute the entry (two writers would race on the same files).
     states = read_part_states(output, split)
     extra = {"timing": timing} if state.is_main_process else {}
     if dropped_duplicates is not None:
         extra["dropped_duplicate_uids"] = dropped_duplicates
-    entry = write_report(output, split, states, num_units, extra)
-    if entry["complete"]:
+    entry = write_report(output, split, states, num_units, extra, write=state.is_main_process)
+    if entry["complete"] and state.is_main_process:
         if args.streaming:  # no up-front uid check when streaming: check what was written before the card
             check_written_uids(output, split)
         split_sizes = card_split_sizes(output)
         split_sizes[split] = entry["written"]
         record_card(output / STATE_DIR, write_dataset_card(output, metadata, split_sizes))
-    if args.push_to_hub:
-        state.wait_for_everyone()
-        if state.is_main_process:
-            push_to_hub(output, args.push_to_hub)
+    if args.push_to_hub and state.is_main_process:
+        push_to_hub(output, args.push_to_hub)
     return {**entry, "timing": timing}
 
 

@@ -131,3 +131,62 @@ def test_training_into_another_runs_folder_is_refused_and_the_old_run_is_untouch
     result = train(_config(**base, seed=1, overwrite_output_dir=True))
     assert result.step == 4
     assert json.loads((out / "run_fingerprint.json").read_text())["seed"] == 1
+
+
+# --- official DataCompDR conversion -------------------------------------------------------------------------------
+
+
+def convert(shards_glob, output, *extra):
+    from dataset_scripts.convert_official import main as convert_main
+
+    return convert_main(["--shards", str(shards_glob), "--output", str(output), "--no-progress", *extra])
+
+
+def test_converted_folders_have_an_owner_too(tmp_path, models, capsys):
+    from test_dataset_official import official_sample, write_tar
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, uids, seed in ((a, ["0a00", "0a01"], 0), (b, ["0b00"], 10)):
+        root.mkdir()
+        samples = [(uid, official_sample(uid, seed + i, "npz")[0]) for i, uid in enumerate(uids)]
+        write_tar(root / "00000000.tar", samples)
+    output = tmp_path / "converted"
+    assert convert(a / "*.tar", output)["written"] == 2
+    fingerprint = json.loads((output / ".reinforce_state" / "fingerprint.json").read_text())
+    assert fingerprint["splits"]["train"]["shards"] == [[str(a / "00000000.tar"), (a / "00000000.tar").stat().st_size]]
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+
+    # Other shards, or the same shards kept under other options, are another conversion: refused, folder untouched.
+    with pytest.raises(ValueError, match=r"Refusing to write into .*converted: its split 'train' was reinforced from "
+                                         r"another source: shards: existing .*a/00000000\.tar.*b/00000000\.tar.*"
+                                         r"--overwrite"):
+        convert(b / "*.tar", output)
+    with pytest.raises(ValueError, match=r"another source: options: .*'verify_images': True.*'verify_images': False"):
+        convert(a / "*.tar", output, "--no-verify-images")
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+    # The same conversion resumes (from another working directory too: local shards are recorded absolute).
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert convert("a/*.tar", "converted")["written"] == 2
+    finally:
+        os.chdir(cwd)
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file() and p.suffix == ".parquet"} == {
+        p: v for p, v in before.items() if p.suffix == ".parquet"}
+    # --overwrite replaces the other conversion.
+    entry = convert(b / "*.tar", output, "--overwrite")
+    assert entry["written"] == 1 and [r["uid"] for r in read_output(output)] == ["0b00"]
+    assert "--overwrite: removing" in capsys.readouterr().out
+
+    # A folder of foreign files, or one a reinforcement run made, is not converted into either.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "README.md").write_text("# my notes\n")
+    with pytest.raises(ValueError, match=r"holds 1 file\(s\) that no reinforcement run wrote.*README\.md"):
+        convert(a / "*.tar", foreign)
+    assert (foreign / "README.md").read_text() == "# my notes\n"
+    reinforced = tmp_path / "reinforced"
+    run(reinforced, models, *SMALL, teachers=teacher(models), **ONE_TEACHER)
+    with pytest.raises(ValueError, match=r"reinforced with other settings: teachers: .*--overwrite"):
+        convert(a / "*.tar", reinforced)
+    assert len(read_output(reinforced)) == 3 and "datacompdr" in (reinforced / "README.md").read_text()
