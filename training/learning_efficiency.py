@@ -92,10 +92,13 @@ def build_held_out_set(name: str, description: str, rows, classnames: dict[str, 
 class ModelEncoder(Teacher):
     """A MobileCLIP model in memory behind the teacher interface (resize, normalise, encode, L2-normalise)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str, device: torch.device):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str, device: torch.device,
+                 token_cache: dict[tuple[str, ...], torch.Tensor] | None = None):
         super().__init__(name, device, torch.float32)
         config = model.config
         self.model, self.tokenizer = model.to(device).eval(), tokenizer
+        # Every checkpoint of a learning curve tokenizes the same texts: a shared cache tokenizes them once.
+        self.token_cache = {} if token_cache is None else token_cache
         self.image_size, self.image_mean, self.image_std = config.image_size, config.image_mean, config.image_std
         self.logit_scale = float(model.logit_scale.detach().exp())
 
@@ -103,7 +106,10 @@ class ModelEncoder(Teacher):
         return self.model.encode_image(pixel_values)
 
     def _text_features(self, texts):
-        return self.model.encode_text(self.tokenizer(texts, return_tensors="pt")["input_ids"].to(self.device))
+        key = tuple(texts)
+        if key not in self.token_cache:
+            self.token_cache[key] = self.tokenizer(texts, return_tensors="pt")["input_ids"]
+        return self.model.encode_text(self.token_cache[key].to(self.device))
 
 
 class EnsembleEncoder:
