@@ -177,10 +177,23 @@ def claim_output(output: Path, state_root: Path, split: str, identity: dict[str,
         record_split(state_root, split, identity)
 
 
+def code_version() -> str:
+    """`mobileclip-hf <version>`: recorded with every fingerprint, not compared (a fixed release may resume a run)."""
+    from importlib import metadata
+
+    try:
+        return f"mobileclip-hf {metadata.version('mobileclip-hf')}"
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "mobileclip-hf (not installed)"
+
+
 def record_split(state_root: Path, split: str, identity: dict[str, Any]) -> None:
     fingerprint = _read_json(state_root / FINGERPRINT_FILE) or {}
-    if (fingerprint.get("splits") or {}).get(split) != identity:
+    if (fingerprint.get("splits") or {}).get(split) != identity or "code_versions" not in fingerprint:
         fingerprint.setdefault("splits", {})[split] = identity
+        versions = fingerprint.setdefault("code_versions", [])
+        if code_version() not in versions:
+            versions.append(code_version())
         _write_json_atomic(state_root / FINGERPRINT_FILE, fingerprint)
 
 

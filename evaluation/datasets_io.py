@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -333,7 +334,28 @@ def label_indices(loaded: EvalDataset, column: str, classnames: list[str] | dict
             raise EvaluationInputError(
                 f"Row {row} of {loaded.name}: label {label!r} in column {column!r} is neither a class index nor a class label."
             )
+    warn_unused_top_classes(loaded.name, column, labels, names)
     return indices, names
+
+
+def warn_unused_top_classes(name: str, column: str, labels: Sequence[Any], names: list[str]) -> None:
+    """Plain integer labels carry no class count: when no row reaches the last class names, say so loudly.
+
+    Not an error: a subset of a dataset may lack its highest classes. But class names beyond the dataset's real
+    classes (e.g. 1,000 ImageNet names for a 10-class set) compete in the argmax and drive accuracy towards 0%.
+    """
+    integers = [label for label in labels if isinstance(label, int) and not isinstance(label, bool)]
+    if not integers or len(integers) != len(labels):
+        return
+    highest = max(integers)
+    if highest + 1 < len(names):
+        warnings.warn(
+            f"{name}: the integer labels of column {column!r} reach only class {highest} (at most {highest + 1} "
+            f"classes) but {len(names)} class names were given: names {highest + 1}..{len(names) - 1} "
+            f"({names[highest + 1]!r}, ...) compete for every image. If the dataset has {highest + 1} classes, pass "
+            f"exactly those names; if this is a subset lacking the last classes, ignore this warning.",
+            stacklevel=3,
+        )
 
 
 def captions_of(cell: Any, row: int, column: str, split_lines: bool = False) -> list[str]:

@@ -27,6 +27,20 @@ def test_classlabel_with_another_number_of_class_names_is_an_error_naming_the_co
         label_indices(plain, "label", ["cat", "dog", ""])  # a trailing blank line of classnames.txt
 
 
+def test_plain_integer_labels_with_surplus_class_names_warn_naming_the_counts():
+    import warnings
+
+    from evaluation.datasets_io import EvalDataset, label_indices
+
+    tenfold = EvalDataset(datasets.Dataset.from_dict({"label": [0, 2, 1, 2]}), "digits-subset")
+    with pytest.warns(UserWarning, match=r"reach only class 2 \(at most 3 classes\) but 10 class names were given: "
+                                         r"names 3\.\.9 \('n3', \.\.\.\)"):
+        assert label_indices(tenfold, "label", [f"n{i}" for i in range(10)]) == ([0, 2, 1, 2], [f"n{i}" for i in range(10)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the matching count is silent
+        label_indices(tenfold, "label", ["n0", "n1", "n2"])
+
+
 def test_recall_at_zero_is_rejected():
     from evaluation.retrieval import parse_args
 

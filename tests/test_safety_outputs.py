@@ -131,6 +131,9 @@ def test_training_into_another_runs_folder_is_refused_and_the_old_run_is_untouch
     result = train(_config(**base, seed=1, overwrite_output_dir=True))
     assert result.step == 4
     assert json.loads((out / "run_fingerprint.json").read_text())["seed"] == 1
+    from importlib.metadata import version  # the installed package, read independently of our helper
+
+    assert json.loads((out / "run_fingerprint.json").read_text())["code_version"] == f"mobileclip-hf {version('mobileclip-hf')}"
 
 
 # --- official DataCompDR conversion -------------------------------------------------------------------------------
@@ -154,6 +157,9 @@ def test_converted_folders_have_an_owner_too(tmp_path, models, capsys):
     assert convert(a / "*.tar", output)["written"] == 2
     fingerprint = json.loads((output / ".reinforce_state" / "fingerprint.json").read_text())
     assert fingerprint["splits"]["train"]["shards"] == [[str(a / "00000000.tar"), (a / "00000000.tar").stat().st_size]]
+    from importlib.metadata import version
+
+    assert fingerprint["code_versions"] == [f"mobileclip-hf {version('mobileclip-hf')}"]
     before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
 
     # Other shards, or the same shards kept under other options, are another conversion: refused, folder untouched.

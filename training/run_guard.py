@@ -29,7 +29,10 @@ RUN_OUTPUTS = ("model", "train_history.jsonl", "checkpoints", RUN_FINGERPRINT_FI
 
 
 def run_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
-    return {key: resolved.get(key) for key in RESUME_INVARIANT_KEYS}
+    from dataset_scripts.ownership import code_version
+
+    # The code version is recorded for the reader, not compared: a fixed release may resume a run.
+    return {**{key: resolved.get(key) for key in RESUME_INVARIANT_KEYS}, "code_version": code_version()}
 
 
 def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
