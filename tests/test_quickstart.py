@@ -83,7 +83,8 @@ def _write_parquet(rows: datasets.Dataset, path: Path) -> str:
     return str(path)
 
 
-def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelerate_state, tmp_path, capsys):
+def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelerate_state, tmp_path, capsys,
+                                                                   monkeypatch):
     from PIL import Image
     from transformers import AutoModel
 
@@ -152,6 +153,15 @@ def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelera
 
     # Chance levels: top-5 over the style's names, from the row count.
     assert saved["chance"]["unseen_style"]["names/acc5"] == pytest.approx(5 / tiny["rows_per_style"])
+
+    # The two students trained at the same time (two processes, as the default scale does on a multi-core CPU) are
+    # the students trained one after the other: same curves, same factor.
+    import training.quickstart as quickstart
+
+    monkeypatch.setattr(quickstart, "CONCURRENT_SCALES", ("tiny",))
+    concurrent = main(["--output-dir", str(tmp_path / "concurrent"), *TINY])
+    assert concurrent["students"] == curves["students"] and concurrent["factor"] == curves["factor"]
+    monkeypatch.undo()
 
     # A rerun reuses every stage and reproduces the curves; other settings are refused.
     capsys.readouterr()
