@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .dr_format import CARD_FILENAME, DATA_DIR, REPORT_FILENAME, ReinforcementMetadata
+from .run_state import write_json_atomic
 
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -66,13 +67,6 @@ def source_identity(args, rows: int | None, units: int, uid_column: str | None, 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 def _listing(paths: list[str]) -> str:
@@ -173,7 +167,7 @@ def claim_output(output: Path, state_root: Path, split: str, identity: dict[str,
         barrier()
     if is_main:
         if not (state_root / METADATA_FILE).is_file():
-            _write_json_atomic(state_root / METADATA_FILE, metadata.to_dict())
+            write_json_atomic(state_root / METADATA_FILE, metadata.to_dict())
         record_split(state_root, split, identity)
 
 
@@ -194,14 +188,14 @@ def record_split(state_root: Path, split: str, identity: dict[str, Any]) -> None
         versions = fingerprint.setdefault("code_versions", [])
         if code_version() not in versions:
             versions.append(code_version())
-        _write_json_atomic(state_root / FINGERPRINT_FILE, fingerprint)
+        write_json_atomic(state_root / FINGERPRINT_FILE, fingerprint)
 
 
 def record_card(state_root: Path, card: Path) -> None:
     """Remember the card this run wrote, so a later run can tell it from a README.md someone else put there."""
     fingerprint = _read_json(state_root / FINGERPRINT_FILE) or {}
     fingerprint["card_sha256"] = _sha256(card)
-    _write_json_atomic(state_root / FINGERPRINT_FILE, fingerprint)
+    write_json_atomic(state_root / FINGERPRINT_FILE, fingerprint)
 
 
 # ----------------------------------------------------------------------------------------------- duplicated uids

@@ -55,6 +55,7 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 
 import dataset_scripts  # noqa: E402
+from dataset_scripts.run_state import write_json_atomic  # noqa: E402
 
 from training import learning_efficiency as le  # noqa: E402
 
@@ -345,9 +346,7 @@ def evaluate_students(settings: Settings, held_out: dict[str, le.HeldOutSet], ou
             encoder = le.ModelEncoder(_student_at(step, mode, settings, output_dir), tokenizer, f"{mode}@{step}",
                                       torch.device(device), token_cache)
             point = {"step": step, **le.evaluate_on_sets(encoder, held_out)}
-            staging = path.with_name(path.name + ".tmp")
-            staging.write_text(json.dumps(point))
-            os.replace(staging, path)
+            write_json_atomic(path, point)
         curves.setdefault(mode, []).append(json.loads(path.read_text()))
     return curves
 
@@ -513,9 +512,7 @@ def run(output_dir: Path, settings: Settings, device: str) -> dict[str, Any]:
     curves["seconds"] = seconds
     le.plot_learning_curves(curves, PRIMARY_METRIC, output_dir / PLOT_FILE,
                             f"{STUDENT_VARIANT}: plain CLIP vs reinforced training (emoji names, top-5)")
-    staging = output_dir / (CURVES_FILE + ".tmp")
-    staging.write_text(json.dumps(curves, indent=1))
-    os.replace(staging, output_dir / CURVES_FILE)
+    write_json_atomic(output_dir / CURVES_FILE, curves)
     return curves
 
 

@@ -12,12 +12,14 @@ checkpoints, unless `overwrite_output_dir` is true (then it names what it remove
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from dataset_scripts.ownership import code_version
+from dataset_scripts.run_state import write_json_atomic
 
 from .checkpointing import CONFIG_FILE, RESUME_INVARIANT_KEYS, list_checkpoints
 from .config import ConfigError
@@ -29,7 +31,6 @@ RUN_OUTPUTS = ("model", "train_history.jsonl", "checkpoints", RUN_FINGERPRINT_FI
 
 
 def run_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
-    from dataset_scripts.ownership import code_version
 
     # The code version is recorded for the reader, not compared: a fixed release may resume a run.
     return {**{key: resolved.get(key) for key in RESUME_INVARIANT_KEYS}, "code_version": code_version()}
@@ -91,10 +92,7 @@ def guard_output_dir(output_dir: Path, resolved: dict[str, Any], resuming: bool,
     if overwrite:
         barrier()
     if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = output_dir / (RUN_FINGERPRINT_FILE + ".tmp")
-        tmp.write_text(json.dumps(run_fingerprint(resolved), indent=1))
-        os.replace(tmp, output_dir / RUN_FINGERPRINT_FILE)
+        write_json_atomic(output_dir / RUN_FINGERPRINT_FILE, run_fingerprint(resolved))
 
 
 __all__ = ["RUN_FINGERPRINT_FILE", "guard_output_dir", "output_conflicts", "run_fingerprint"]
