@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as torch_F
 
 from dataset_scripts.teachers import Teacher
 
@@ -137,22 +136,22 @@ def _batched(encode, items, batch_size: int) -> torch.Tensor:
 
 def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Fraction of rows whose label is among the k highest logits (CLIP_benchmark's `accuracy`)."""
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return float((top == labels[:, None]).any(dim=1).float().mean())
+    from evaluation.task_metrics import top_k_correct
+
+    return float(top_k_correct(logits, labels, k).float().mean())
 
 
 def retrieval_recalls(image_embeds: torch.Tensor, text_embeds: torch.Tensor, image_of_text: torch.Tensor,
                       ks: Sequence[int] = RECALL_K) -> dict[str, float]:
     """Text->image (`image_retrieval_recall@k`) and image->text (`text_retrieval_recall@k`) recall, CLIP_benchmark's
-    definitions: a caption is found when its image is in its top k; an image when any of its captions is."""
+    definitions, from the `evaluation/metrics/retrieval_recall` module's own functions."""
+    from evaluation.metrics.retrieval_recall.retrieval_recall import image_to_text_recall, text_to_image_recall
+
     scores = text_embeds @ image_embeds.t()
     metrics = {}
     for k in ks:
-        top_images = scores.topk(min(k, scores.shape[1]), dim=1).indices
-        metrics[f"image_retrieval_recall@{k}"] = float((top_images == image_of_text[:, None]).any(1).float().mean())
-        top_texts = scores.t().topk(min(k, scores.shape[0]), dim=1).indices
-        own = image_of_text[top_texts] == torch.arange(scores.shape[1])[:, None]
-        metrics[f"text_retrieval_recall@{k}"] = float(own.any(1).float().mean())
+        metrics[f"image_retrieval_recall@{k}"] = text_to_image_recall(scores, image_of_text, k)
+        metrics[f"text_retrieval_recall@{k}"] = image_to_text_recall(scores, image_of_text, k)
     return metrics
 
 
