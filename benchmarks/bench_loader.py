@@ -31,7 +31,8 @@ from dataset_scripts.augmentation import AugmentationConfig, sample_augmentation
 from dataset_scripts.dr_format import ReinforcementMetadata, TeacherInfo, shard_filename, write_dataset_card
 from dataset_scripts.dr_format import write_parquet_shard
 from dataset_scripts.official import write_official_shard
-from dataset_scripts.training_view import ReinforcedTrainingView, collate_reinforced, load_reinforced_dataset, tokenize
+from dataset_scripts.training_view import ReinforcedTrainingView, load_reinforced_dataset, tokenize
+from training.data import Collator
 
 
 def photo_like_jpeg(rng: np.random.Generator, height: int, width: int) -> bytes:
@@ -59,9 +60,10 @@ def build_dataset(root: Path, args) -> tuple[ReinforcementMetadata, list[dict]]:
         generator = torch.Generator().manual_seed(i)
         params = [sample_augmentation(height, width, metadata.augmentation, generator).to_json()
                   for _ in range(args.num_augmentations)]
-        def unit_rows(count):
+        def unit_rows(count):  # L2-normalised per teacher, as the format stores them
             rows = rng.standard_normal((count, args.embedding_dim)).astype(np.float32)
-            return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float16)
+            parts = np.split(rows, [half], axis=1)
+            return np.concatenate([p / np.linalg.norm(p, axis=1, keepdims=True) for p in parts], 1).astype(np.float16)
         samples.append({
             "uid": f"{i:012x}", "image": photo_like_jpeg(rng, height, width),
             "caption": f"a photo of an object number {i} on a table next to a window",
@@ -97,10 +99,23 @@ def measure(dataset, batch_size: int, workers: int, max_batches: int, collate_fn
     next(iterator)  # worker start-up and first-batch costs are excluded
     start, seen = time.perf_counter(), 0
     for index, batch in enumerate(iterator):
-        seen += len(batch["pixel_values"] if isinstance(batch, dict) else batch[0])
+        seen += len(batch["views"] if isinstance(batch, dict) else batch[0])
         if index + 1 >= max_batches:
             break
     return seen / (time.perf_counter() - start)
+
+
+class ReplayedViews(torch.utils.data.Dataset):
+    """Ours: the training view of each row at epoch 0 (uint8 views, like the peer's output)."""
+
+    def __init__(self, dataset, view: ReinforcedTrainingView):
+        self.rows, self.view = dataset.with_format("arrow"), view
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.view(self.rows[int(index)], 0)
 
 
 class FreshAugmentationPeer(torch.utils.data.Dataset):
@@ -117,8 +132,7 @@ class FreshAugmentationPeer(torch.utils.data.Dataset):
     def __getitem__(self, index):
         row = self.rows[int(index)]
         image = Image.open(io.BytesIO(row.column("image")[0].as_py()["bytes"])).convert("RGB")
-        pixels = self.transform(image).float().div_(255.0)
-        return pixels, tokenize(self.tokenizer, [row.column("caption")[0].as_py()])[0]
+        return self.transform(image), tokenize(self.tokenizer, [row.column("caption")[0].as_py()])[0]
 
 
 def student_tokenizer():
@@ -150,13 +164,13 @@ def main(argv=None):
         _, samples = build_dataset(root, args)
         dataset, metadata = load_reinforced_dataset(str(root))
         view = ReinforcedTrainingView(tokenizer, image_size=args.image_size, reference_size=metadata.augmentation.size)
-        ours_set, peer_set = view.wrap(dataset), FreshAugmentationPeer(dataset, tokenizer, args.image_size)
+        ours_set, peer_set = ReplayedViews(dataset, view), FreshAugmentationPeer(dataset, tokenizer, args.image_size)
         max_batches = max(1, args.samples // args.batch_size - 1)
         print(f"training view at {args.image_size}px, N={args.num_augmentations} K={args.num_synthetic_captions} "
               f"D={args.embedding_dim}, tokenizer: {tokenizer_name}, cpu cores: {os.cpu_count()}")
         for workers in args.workers:
             cores = max(1, workers)
-            ours = measure(ours_set, args.batch_size, workers, max_batches, collate_reinforced)
+            ours = measure(ours_set, args.batch_size, workers, max_batches, Collator(tokenizer))
             peer = measure(peer_set, args.batch_size, workers, max_batches)
             print(f"  workers={workers}: ours {ours:7.1f} samples/s ({ours / cores:6.1f} per core) | peer fresh "
                   f"RRC+RandAugment {peer:7.1f} samples/s | ours/peer = {ours / peer:.2f}")

@@ -1,11 +1,18 @@
-"""Convert Apple's official DataCompDR WebDataset shards (with downloaded images) to our Parquet format.
+"""Convert Apple's official DataCompDR WebDataset shards to our Parquet format, joining the downloaded images.
 
-    python -m dataset_scripts.convert_official --shards 'DIR/*.tar' --output OUT [--split train] \
-        [--teachers SPEC,SPEC] [--teacher-dims 768,768] [--captioner SPEC] [--push-to-hub REPO_ID]
+    python -m dataset_scripts.convert_official --shards 'DIR/*.tar' --output OUT [--images 'IMAGES/*.tar'] \
+        [--num-workers 8] [--split train] [--teachers SPEC,SPEC] [--teacher-dims 768,768] [--captioner SPEC] \
+        [--push-to-hub REPO_ID]
 
-Each input shard becomes one Parquet file, written atomically; a rerun skips shards already converted. Samples
-without an image (not downloaded), with an undecodable image or an empty caption are skipped and listed in
-`reinforce_report.json`. N, K and D come from the first usable sample; every sample must match them.
+`--images` names img2dataset's WebDataset output: each reinforcement shard is paired with one image shard (by file
+name, else in sorted order: `official.pair_image_shards`) and its samples take their image and caption from it by
+uid (`official.iter_joined_samples`). Without it the images must be inside the reinforcement shards.
+
+Each input shard becomes one Parquet file, written atomically and then recorded by its own state file, by one of
+`--num-workers` processes; the output does not depend on their number. A rerun skips shards already converted and
+converts again a shard whose Parquet file is gone. Samples without an image (not downloaded), with an undecodable
+image or an empty caption are skipped and listed in `reinforce_report.json`. N, K and D come from the first usable
+sample; every sample must match them.
 
 The output folder has an owner, as for `reinforce` (`ownership.py`): the shards (absolute local paths with sizes,
 or URLs) and the options that decide which samples are kept are recorded, and a folder holding another conversion,
@@ -17,21 +24,24 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
 from .augmentation import AugmentationConfig, decode_rgb
 from .dr_format import ReinforcementMetadata, TeacherInfo, card_split_sizes, shard_filename, write_dataset_card
 from .dr_format import write_parquet_shard
-from .official import OFFICIAL_CAPTIONER, OFFICIAL_TEACHERS, expand_shards, iter_tar_samples, parse_official_sample
+from .official import MISSING_IMAGE, OFFICIAL_CAPTIONER, OFFICIAL_TEACHERS, expand_shards, iter_joined_samples
+from .official import pair_image_shards
 from .ownership import claim_output, record_card
 from .reinforce import SKIP_EMPTY_CAPTION, SKIP_UNDECODABLE, push_to_hub
 from .run_state import STATE_DIR, part_state_path, read_part_states, state_dir, write_json_atomic, write_report
 
-SKIP_MISSING_IMAGE = "missing_image"
+SKIP_MISSING_IMAGE = MISSING_IMAGE
 SKIP_SHA256_MISMATCH = "sha256_mismatch"
 
 
@@ -55,7 +65,7 @@ def build_metadata(sample: dict, args: argparse.Namespace) -> ReinforcementMetad
         augmentation=AugmentationConfig(size=args.image_size),
         captioner=args.captioner,
         seed=None,
-        source=f"official DataCompDR shards {args.shards}",
+        source=f"official DataCompDR shards {args.shards}" + (f" with images {args.images}" if args.images else ""),
         shard_size=None,
         extra={"converted_from": "apple/DataCompDR WebDataset"},
     )
@@ -78,57 +88,103 @@ def skip_reason(sample: dict, verify_images: bool, verify_sha256: bool = False) 
     return None
 
 
-def shards_identity(args: argparse.Namespace, shards: list[str]) -> dict[str, Any]:
-    """What a conversion reads and keeps, for `claim_output`: local shards by absolute path and size (a rerun from
-    another directory is the same source, a regenerated shard is not), remote ones by URL; and the options that
-    change which samples are written, since a resume under other options would mix two selections."""
-    files = [[os.path.abspath(s), os.path.getsize(s)] if os.path.isfile(s) else [s, None] for s in shards]
-    return {"source": "official DataCompDR shards", "shards": files, "split": args.split,
+def file_identity(path: str) -> list[Any]:
+    """A local file by absolute path and size (a rerun from another directory reads the same file, a regenerated
+    one is another), a remote one by URL."""
+    return [os.path.abspath(path), os.path.getsize(path)] if os.path.isfile(path) else [path, None]
+
+
+def shards_identity(args: argparse.Namespace, pairs: list[tuple[str, str | None]]) -> dict[str, Any]:
+    """What a conversion reads and keeps, for `claim_output`: the shards and the image shard paired with each, and
+    the options that change which samples are written, since a resume under other options would mix two
+    selections. Without --images, `images` is None, as in the fingerprints written before it existed."""
+    return {"source": "official DataCompDR shards", "shards": [file_identity(s) for s, _ in pairs],
+            "images": [image and file_identity(image) for _, image in pairs] if args.images else None,
+            "split": args.split,
             "options": {"syn_key": args.syn_key, "verify_images": not args.no_verify_images,
                         "verify_sha256": bool(args.verify_sha256)}}
 
 
-def first_usable_metadata(shards: list[str], args: argparse.Namespace) -> ReinforcementMetadata:
+def first_usable_metadata(pairs: list[tuple[str, str | None]], args: argparse.Namespace) -> ReinforcementMetadata:
     """The metadata, from the first usable sample: ownership is settled before anything is written, so it is
     read up front (usually the first sample of the first shard)."""
     reasons: dict[str, int] = {}
-    for shard in shards:
-        for key, members in iter_tar_samples(shard):
-            sample = parse_official_sample(key, members, args.syn_key)
+    for shard, image_shard in pairs:
+        for sample in iter_joined_samples(shard, image_shard, args.syn_key, keep_missing=True):
             reason = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
             if reason is None:
                 return build_metadata(sample, args)
             reasons[reason["reason"]] = reasons.get(reason["reason"], 0) + 1
     raise ValueError(f"No usable sample in {args.shards!r} (skipped: {reasons}); images must be downloaded first "
-                     "(see the README's img2dataset recipe).")
+                     "and passed with --images (see the README's img2dataset recipe).")
+
+
+def convert_shard(unit: int, shard: str, image_shard: str | None, metadata: ReinforcementMetadata,
+                  args: argparse.Namespace) -> int:
+    """Convert one shard: its Parquet file, then its state file (each atomic, so a crash leaves the shard either
+    recorded as done or to be redone). Returns the unit; runs in a worker process when --num-workers > 1."""
+    output, split = Path(args.output), args.split
+    try:
+        examples, skipped, rows = [], [], 0
+        for row, sample in enumerate(iter_joined_samples(shard, image_shard, args.syn_key, keep_missing=True)):
+            rows = row + 1
+            reason = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
+            if reason:
+                skipped.append({"uid": sample["uid"], "unit": unit, "row": row, **reason})
+                continue
+            examples.append({k: sample[k] for k in ("uid", "image", "caption", "syn_captions", "aug_params",
+                                                     "image_emb", "text_emb")})
+        if examples:
+            write_parquet_shard(examples, metadata, output / shard_filename(split, unit, 0))
+    except Exception as error:  # most errors name the shard already; those from writing the Parquet file do not
+        error.add_note(f"while converting shard {shard!r} (unit {unit}, image shard {image_shard!r})")
+        raise
+    write_json_atomic(part_state_path(output, split, unit, 0), {
+        "unit": unit, "part": 0, "rows": rows, "written": len(examples), "skipped": skipped,
+        "unit_finished": True, "shard": shard, "image_shard": image_shard})
+    return unit
+
+
+def converted_units(output: Path, split: str) -> set[int]:
+    """Units recorded by a state file whose Parquet file (if they wrote rows) is still there: a shard whose file
+    was lost is converted again, and its state file rewritten after it, so no sample is lost or counted twice."""
+    return {state["unit"] for state in read_part_states(output, split)
+            if state["written"] == 0 or (output / shard_filename(split, state["unit"], 0)).is_file()}
+
+
+def convert_units(jobs: list[tuple[int, str, str | None]], metadata: ReinforcementMetadata,
+                  args: argparse.Namespace) -> Iterator[int]:
+    """Convert `(unit, shard, image shard)` jobs, yielding each unit as it finishes: here, or in up to
+    --num-workers spawned processes (spawn, not fork: the parent may hold threads and open files). After a failure
+    the queued shards are cancelled while the running ones finish, so their work is kept for the rerun."""
+    workers = min(args.num_workers, len(jobs))
+    if workers <= 1:
+        for job in jobs:
+            yield convert_shard(*job, metadata, args)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(convert_shard, *job, metadata, args) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
     """Convert every shard not converted yet; return the report entry of the split."""
     output, split = Path(args.output), args.split
     shards = expand_shards(args.shards)
-    metadata = first_usable_metadata(shards, args)
-    claim_output(output, output / STATE_DIR, split, shards_identity(args, shards), metadata, args.overwrite,
+    pairs = pair_image_shards(shards, expand_shards(args.images)) if args.images else [(s, None) for s in shards]
+    metadata = first_usable_metadata(pairs, args)
+    claim_output(output, output / STATE_DIR, split, shards_identity(args, pairs), metadata, args.overwrite,
                  is_main=True, has_part_states=any(state_dir(output, split).glob("*.json")))
-    done = {state["unit"] for state in read_part_states(output, split)}
-    for unit, shard in enumerate(tqdm(shards, desc="convert", unit="shard", disable=args.no_progress)):
-        if unit in done:
-            continue
-        examples, skipped, rows = [], [], 0
-        for key, members in iter_tar_samples(shard):
-            sample = parse_official_sample(key, members, args.syn_key)
-            rows += 1
-            reason = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
-            if reason:
-                skipped.append({"uid": sample["uid"], "unit": unit, "row": rows - 1, **reason})
-                continue
-            examples.append({k: sample[k] for k in ("uid", "image", "caption", "syn_captions", "aug_params",
-                                                     "image_emb", "text_emb")})
-        if examples:
-            write_parquet_shard(examples, metadata, output / shard_filename(split, unit, 0))
-        write_json_atomic(part_state_path(output, split, unit, 0), {
-            "unit": unit, "part": 0, "rows": rows, "written": len(examples), "skipped": skipped,
-            "unit_finished": True, "shard": shard})
+    done = converted_units(output, split)
+    jobs = [(unit, shard, image_shard) for unit, (shard, image_shard) in enumerate(pairs) if unit not in done]
+    with tqdm(total=len(pairs), initial=len(pairs) - len(jobs), desc="convert", unit="shard",
+              disable=args.no_progress) as progress:
+        for _ in convert_units(jobs, metadata, args):
+            progress.update()
     states = read_part_states(output, split)
     entry = write_report(output, split, states, len(shards), {})
     sizes = card_split_sizes(output)
@@ -139,11 +195,27 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
     return entry
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dataset_scripts.convert_official",
                                      description="Convert official DataCompDR WebDataset shards to Parquet.")
     parser.add_argument("--shards", required=True, help="Glob (quote it) or path of .tar shards; fsspec URLs work.")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--images", default=None, metavar="GLOB",
+                        help="img2dataset WebDataset shards (glob or fsspec URL; json members with the uid) to join "
+                             "by uid; each pairs with the reinforcement shard of the same file name, or the one at "
+                             "its place in sorted order when no name matches and the counts are equal.")
+    parser.add_argument("--num-workers", type=positive_int, default=1,
+                        help="Processes converting shards in parallel (the output is the same for any number).")
     parser.add_argument("--split", default="train")
     parser.add_argument("--teachers", default=",".join(OFFICIAL_TEACHERS),
                         help="Teacher specs in embedding order (default: DataCompDR's two ViT-L-14).")

@@ -10,16 +10,28 @@ An official shard is a tar of members named `<key>.<ext>`, grouped by key (the u
 
 Newer generator output stores only the ground-truth row in `text_emb` and one `<syn_key>_emb` per synthetic
 caption key; both layouts are read. Shards may be local paths, globs, or any fsspec URL (e.g. `hf://datasets/...`).
+
+Images and captions usually live apart, in img2dataset's WebDataset output (`KEY.jpg`, `KEY.txt`, `KEY.json` with
+`uid` when run with `--save_additional_columns '["uid"]'`; KEY is img2dataset's own counter, and failed downloads
+are absent). `pair_image_shards` pairs each reinforcement shard with its image shard, `index_image_shard` records
+where each uid's image and caption lie in one (byte offsets, read from the small `.json` members only), and
+`iter_joined_samples` streams a reinforcement shard in its own order with `image`/`caption` filled by uid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
+import lzma
+import os
 import re
 import tarfile
-from typing import Any, Iterable, Iterator, Sequence
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterable, Iterator, MutableMapping, Sequence
 
 import numpy as np
 
@@ -31,6 +43,18 @@ OFFICIAL_TEACHERS = ("open_clip:ViT-L-14:openai", "open_clip:ViT-L-14:datacomp_x
 OFFICIAL_TEACHER_DIMS = (768, 768)
 OFFICIAL_CAPTIONER = "open_clip:coca_ViT-L-14:mscoco_finetuned_laion2b_s13b_b90k"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+MISSING_IMAGE = "missing_image"
+SHOWN = 5  # shard names listed in one message; the rest are counted
+# What a missing, truncated or corrupt (possibly compressed) tar raises while it is read.
+_TAR_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+class ShardReadError(ValueError):
+    """A shard could not be opened or read as a tar (missing, truncated, corrupt); the message names the shard."""
+
+
+def _shard_read_error(shard: str, error: BaseException) -> ShardReadError:
+    return ShardReadError(f"Cannot read tar shard {shard!r}: {type(error).__name__}: {error}")
 
 
 def _split_member_name(name: str) -> tuple[str, str]:
@@ -41,22 +65,28 @@ def _split_member_name(name: str) -> tuple[str, str]:
 
 
 def iter_tar_samples(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream `(key, {extension: bytes})` groups from one tar shard (local path or fsspec URL)."""
+    """Stream `(key, {extension: bytes})` groups from one tar shard (local path or fsspec URL).
+
+    A shard that cannot be read raises `ShardReadError` naming it (after the groups read before the damage).
+    """
     import fsspec
 
-    with fsspec.open(shard, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
-        key, members = None, {}
-        for member in archive:
-            if not member.isfile():
-                continue
-            member_key, extension = _split_member_name(member.name)
-            if member_key != key and members:
+    try:
+        with fsspec.open(shard, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
+            key, members = None, {}
+            for member in archive:
+                if not member.isfile():
+                    continue
+                member_key, extension = _split_member_name(member.name)
+                if member_key != key and members:
+                    yield key, members
+                    members = {}
+                key = member_key
+                members[extension] = archive.extractfile(member).read()
+            if members:
                 yield key, members
-                members = {}
-            key = member_key
-            members[extension] = archive.extractfile(member).read()
-        if members:
-            yield key, members
+    except _TAR_READ_ERRORS as error:
+        raise _shard_read_error(shard, error) from error
 
 
 def _load_embeddings(members: dict[str, bytes], key: str) -> dict[str, np.ndarray]:
@@ -137,7 +167,170 @@ def iter_official_samples(shards: str | Sequence[str], syn_key_pattern: str = r"
     """All samples of the given official shards, in order."""
     for shard in expand_shards(shards):
         for key, members in iter_tar_samples(shard):
-            yield parse_official_sample(key, members, syn_key_pattern)
+            yield _parse_in_shard(shard, key, members, syn_key_pattern)
+
+
+def _parse_in_shard(shard: str, key: str, members: dict[str, bytes], syn_key_pattern: str) -> dict:
+    try:
+        return parse_official_sample(key, members, syn_key_pattern)
+    except ValueError as error:  # the sample's own message names the key; add the shard it sits in
+        raise ValueError(f"Shard {shard!r}: {error}") from error
+
+
+# ------------------------------------------------------------------------------------------- joining image shards
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where one sample's image (and caption) lie in an image tar: byte offsets and sizes of the members' data."""
+
+    key: str
+    image_offset: int
+    image_size: int
+    caption_offset: int | None = None
+    caption_size: int | None = None
+
+
+def _open_for_random_reads(path: str):
+    """An image shard opened for seeks. Remote files keep an LRU of 1 MiB blocks: img2dataset writes a shard almost
+    in its input order, so the reads of a join mostly hit cached blocks, and a far jump fetches 1 MiB, not the
+    default read-ahead of several MiB. Local files ignore the options."""
+    import fsspec
+
+    return fsspec.open(path, "rb", block_size=2**20, cache_type="blockcache")
+
+
+def index_image_shard(path: str) -> dict[str, ImageRef]:
+    """uid -> `ImageRef` for every sample of an img2dataset tar that has an image (jpg/jpeg/png/webp).
+
+    One pass over the member headers (local path or fsspec URL; the tar must be uncompressed, since the offsets are
+    read back by seeking): only the small `.json` members are read, for their `uid` (samples without one are keyed
+    by their member key), so the index holds no image bytes. A uid held by two samples raises `ValueError`.
+    """
+    members_by_key: dict[str, dict[str, tuple[int, int]]] = {}
+    uid_by_key: dict[str, str | None] = {}
+    try:
+        # Random-access mode: the headers are read one by one and each member's data is skipped by a seek.
+        with _open_for_random_reads(path) as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, extension = _split_member_name(member.name)
+                members_by_key.setdefault(key, {})[extension] = (member.offset_data, member.size)
+                if extension == "json":
+                    uid_by_key[key] = _uid_from_json(path, member.name, archive.extractfile(member).read())
+    except _TAR_READ_ERRORS as error:
+        raise _shard_read_error(path, error) from error
+    index: dict[str, ImageRef] = {}
+    for key, members in members_by_key.items():
+        image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+        if image is None:  # a json or caption without its image: nothing to join
+            continue
+        uid = uid_by_key.get(key) or key.rpartition("/")[2]
+        if uid in index:
+            raise ValueError(f"Image shard {path!r}: uid {uid!r} is held by two samples (keys {index[uid].key!r} "
+                             f"and {key!r}); each uid must have one image.")
+        caption = members.get("txt", (None, None))
+        index[uid] = ImageRef(key, *image, *caption)
+    return index
+
+
+def _uid_from_json(path: str, member_name: str, data: bytes) -> str | None:
+    try:
+        uid = json.loads(data).get("uid")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(f"Image shard {path!r}, member {member_name!r}: expected a JSON object (img2dataset's "
+                         f"sample metadata), got {data[:80]!r} ({error}).") from error
+    return None if uid is None else str(uid)
+
+
+def _read_span(images: BinaryIO, path: str, key: str, offset: int, size: int) -> bytes:
+    try:
+        images.seek(offset)
+        data = images.read(size)
+    except _TAR_READ_ERRORS as error:
+        raise _shard_read_error(path, error) from error
+    if len(data) != size:
+        raise ShardReadError(f"Cannot read tar shard {path!r}: sample {key!r} expected {size} bytes at offset "
+                             f"{offset}, got {len(data)} (the file changed or was truncated after indexing).")
+    return data
+
+
+def iter_joined_samples(reinforcement_shard: str, image_shard: str | None, syn_key_pattern: str = r"^syn_text",
+                        counts: MutableMapping[str, int] | None = None, *, keep_missing: bool = False
+                        ) -> Iterator[dict]:
+    """The samples of a reinforcement shard, in its order, with `image` and `caption` taken from `image_shard`
+    (an img2dataset tar, in any order) by uid; the structure of `parse_official_sample`.
+
+    An image or caption the reinforcement sample already carries is kept. A sample with no image anywhere
+    (download failed, or `image_shard` is None) adds 1 to `counts["missing_image"]` and is skipped, or, with
+    `keep_missing`, yielded with `image` None (for callers that list the skipped uids themselves). A plain generator
+    with no shared state: the image shard is indexed when iteration starts and stays open until it ends.
+    """
+    index = index_image_shard(image_shard) if image_shard is not None else {}
+    with _open_for_random_reads(image_shard) if image_shard is not None else contextlib.nullcontext() as images:
+        for key, members in iter_tar_samples(reinforcement_shard):
+            sample = _parse_in_shard(reinforcement_shard, key, members, syn_key_pattern)
+            ref = index.get(sample["uid"])
+            if ref is not None and sample["image"] is None:
+                sample["image"] = _read_span(images, image_shard, ref.key, ref.image_offset, ref.image_size)
+            if ref is not None and sample["caption"] is None and ref.caption_offset is not None:
+                caption = _read_span(images, image_shard, ref.key, ref.caption_offset, ref.caption_size)
+                try:
+                    sample["caption"] = caption.decode("utf-8").strip()
+                except UnicodeDecodeError as error:
+                    raise ValueError(f"Image shard {image_shard!r}, member {ref.key + '.txt'!r}: expected a UTF-8 "
+                                     f"caption, got {caption[:80]!r} ({error}).") from error
+            if sample["image"] is None:
+                if counts is not None:
+                    counts[MISSING_IMAGE] = counts.get(MISSING_IMAGE, 0) + 1
+                if not keep_missing:
+                    continue
+            yield sample
+
+
+def _shard_stem(path: str) -> str:
+    return os.path.basename(path.rstrip("/")).partition(".")[0]
+
+
+def _names(paths: Sequence[str]) -> str:
+    shown = ", ".join(paths[:SHOWN])
+    return shown + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "") if paths else "none"
+
+
+def pair_image_shards(reinforcement_shards: Sequence[str], image_shards: Sequence[str]
+                      ) -> list[tuple[str, str | None]]:
+    """`(reinforcement shard, its image shard or None)` for each reinforcement shard, in the given order.
+
+    Shards pair by file name stem (`a/00000123.tar` with `b/00000123.tar`); a reinforcement shard whose stem has no
+    image shard pairs with None (all its samples are missing_image) and image shards of no reinforcement shard are
+    unused. When no stem matches at all (img2dataset numbers its own shards, e.g. `00123.tar`) but the counts are
+    equal, they pair in sorted order. Otherwise, and for a stem held by two shards of one side, `ValueError`.
+    """
+    reinforcement_stems = [_shard_stem(s) for s in reinforcement_shards]
+    image_by_stem = {_shard_stem(s): s for s in image_shards}
+    if image_by_stem.keys() & set(reinforcement_stems):
+        for side, paths in (("reinforcement", reinforcement_shards), ("image", image_shards)):
+            stems = [_shard_stem(s) for s in paths]
+            repeated = sorted(p for p, stem in zip(paths, stems) if stems.count(stem) > 1)
+            if repeated:
+                raise ValueError(f"Several {side} shards share a file name stem, so they cannot be paired by name: "
+                                 f"{_names(repeated)}.")
+        pairs = [(shard, image_by_stem.get(stem)) for shard, stem in zip(reinforcement_shards, reinforcement_stems)]
+        unpaired = [shard for shard, image in pairs if image is None]
+        unused = sorted(image_by_stem.keys() - set(reinforcement_stems))
+        if unpaired and unused:  # both sides left over: more likely a naming mix-up than failed downloads
+            warnings.warn(f"{len(unpaired)} reinforcement shard(s) have no image shard of the same name "
+                          f"({_names(unpaired)}; their samples count as missing_image) while {len(unused)} image "
+                          f"shard(s) pair with none ({_names([image_by_stem[s] for s in unused])}).", stacklevel=2)
+        return pairs
+    if len(reinforcement_shards) == len(image_shards):
+        image_by_shard = dict(zip(sorted(reinforcement_shards), sorted(image_shards)))
+        return [(shard, image_by_shard[shard]) for shard in reinforcement_shards]
+    raise ValueError(f"Cannot pair {len(reinforcement_shards)} reinforcement shard(s) with {len(image_shards)} image "
+                     f"shard(s): no file name stem matches, and pairing in sorted order needs equal counts. "
+                     f"Unmatched reinforcement shards: {_names(sorted(reinforcement_shards))}; unmatched image "
+                     f"shards: {_names(sorted(image_shards))}.")
 
 
 def write_official_shard(path: str, samples: Iterable[dict], embedding_format: str = "npz") -> None:
@@ -180,12 +373,18 @@ def _encode_embeddings(sample: dict, embedding_format: str) -> bytes:
 
 
 __all__ = [
+    "MISSING_IMAGE",
     "OFFICIAL_CAPTIONER",
     "OFFICIAL_TEACHERS",
     "OFFICIAL_TEACHER_DIMS",
+    "ImageRef",
+    "ShardReadError",
     "expand_shards",
+    "index_image_shard",
+    "iter_joined_samples",
     "iter_official_samples",
     "iter_tar_samples",
+    "pair_image_shards",
     "parse_official_sample",
     "write_official_shard",
 ]

@@ -1,42 +1,39 @@
 """Training view of a reinforced dataset: replay one stored augmentation, pick captions, return teacher targets.
 
-Usage (map-style or streaming, any number of DataLoader workers):
+    from dataset_scripts.training_view import ReinforcedTrainingView, load_reinforced_dataset
 
-    from dataset_scripts.training_view import ReinforcedTrainingView, collate_reinforced, load_reinforced_dataset
-
-    dataset, metadata = load_reinforced_dataset("DIR_OR_REPO", split="train", streaming=False)
+    dataset, metadata = load_reinforced_dataset("DIR_OR_REPO", split="train")
     view = ReinforcedTrainingView.from_model_config(model.config, tokenizer, metadata, seed=0)
-    train_set = view.wrap(dataset)                 # torch Dataset (map-style) or IterableDataset (streaming)
-    loader = DataLoader(train_set, batch_size=256, shuffle=True, num_workers=8, collate_fn=collate_reinforced)
-    for epoch in range(epochs):
-        train_set.set_epoch(epoch)                 # new augmentation/caption draws (and stream shuffle) per epoch
-        for batch in loader: ...
+    sample = view(dataset.with_format("arrow")[i], epoch)   # one-row Arrow table or a decoded row
 
 Per sample and epoch, one stored augmentation is drawn uniformly and replayed at the student's size, and one
 synthetic caption is drawn uniformly among the sample's own (the paper's recipe, arXiv 2311.17049 §3: the same
 augmented image is used with the ground-truth caption, batch B_real, and with a synthetic caption, batch B_syn).
-Draws depend only on (seed, epoch, uid), so they do not change with the number of workers or processes.
+Draws depend only on (seed, epoch, uid): the epoch is an argument of every call, so they do not change with the
+number of DataLoader workers, processes, or with map-style against streaming reading. Batching, ordering and
+normalisation belong to the training side (`training/data.py`, `training/streaming.py`, `training/step.py`).
 
 Samples may have fewer than the dataset's K synthetic captions (`len(syn_captions)`; the zero rows of `text_emb`
 beyond are never drawn). In "both" mode a sample with none, in a dataset with K > 0, uses its ground-truth caption
 as its synthetic one (`syn_index` -1, `syn_text_emb` = `text_emb[0]`): every row of B_syn needs a caption for the
 batch to stack, and the ground truth is the one caption such a sample has.
 
-A batch from `collate_reinforced` holds (B = batch size, L = tokenizer context, D = sum of teacher dims):
+A sample holds (L = tokenizer context, D = sum of teacher dims):
 
-    pixel_values   float32 (B, 3, S, S)  replayed view, normalised with the student's mean/std
-    input_ids      int64   (B, L)        ground-truth caption tokens
-    image_emb      float16 (B, D)        teachers' embeddings of the replayed view (image_emb[aug_index])
-    text_emb       float16 (B, D)        teachers' embeddings of the ground-truth caption (text_emb[0])
-    syn_input_ids  int64   (B, L)        synthetic caption tokens                 } only when K > 0 and
-    syn_text_emb   float16 (B, D)        teachers' embeddings of that caption     } synthetic=True
-    aug_index, syn_index  int64 (B,)     which augmentation / synthetic caption was drawn (-1: none, or the
-                                         ground truth standing in for a sample without synthetic captions)
-    uid            list[str]
+    views          uint8   (3, S, S)   the replayed view, not normalised (the device normalises whole batches)
+    input_ids      int64   (L,)        ground-truth caption tokens;  caption: that caption (str)
+    image_emb      float16 (D,)        teachers' embeddings of the replayed view (image_emb[aug_index])
+    text_emb       float16 (D,)        teachers' embeddings of the ground-truth caption (text_emb[0])
+    syn_input_ids  int64   (L,)        synthetic caption tokens; syn_caption: it (str)  } only when K > 0
+    syn_text_emb   float16 (D,)        teachers' embeddings of that caption            } and synthetic=True
+    aug_index, syn_index  int          which augmentation / synthetic caption was drawn (-1: none, or the
+                                       ground truth standing in for a sample without synthetic captions)
+    uid            str
 
 Embeddings stay float16 until the loss; split D per teacher with `metadata.teacher_dims`. With
-`caption_mode="random"`, `input_ids`/`text_emb` hold one caption drawn uniformly among the ground truth and the
-K synthetic ones (open_clip's `--dataset-reinforcement-mix-synthetic` with ratio K/(K+1)) and no `syn_*` keys.
+`caption_mode="random"`, `input_ids`/`text_emb`/`caption` hold one caption drawn uniformly among the ground truth
+and the K synthetic ones (open_clip's `--dataset-reinforcement-mix-synthetic` with ratio K/(K+1)) and no `syn_*`
+keys.
 """
 
 from __future__ import annotations
@@ -115,6 +112,11 @@ class _RowAccess:
         return decode_rgb(value)
 
 
+def row_embeddings(row: pa.Table | Mapping[str, Any], name: str) -> np.ndarray:
+    """The (rows, D) float16 `image_emb` / `text_emb` of one sample (a one-row Arrow table or a dict)."""
+    return _RowAccess(row).embeddings(name)
+
+
 class ReinforcedTrainingView:
     """Turns one reinforced sample into student inputs and teacher targets (see the module docstring).
 
@@ -122,7 +124,6 @@ class ReinforcedTrainingView:
         tokenizer: Callable mapping a list of strings to token ids (B, L): an open_clip tokenizer, the
             MobileCLIP processor's tokenizer, or any callable returning a tensor or a mapping with `input_ids`.
         image_size: Student input size S; the stored augmentation is replayed at this size.
-        image_mean / image_std: Student normalisation (MobileCLIP: 0 / 1 for most variants).
         interpolation: Resize filter of the replayed crop ("bilinear" or "bicubic").
         reference_size: Size the augmentations were recorded at (the card's `augmentation.size`); TranslateX/Y
             magnitudes are rescaled from it. None replays them unscaled, as Apple's code does.
@@ -135,8 +136,6 @@ class ReinforcedTrainingView:
         self,
         tokenizer: Callable[[Sequence[str]], Any],
         image_size: int = 256,
-        image_mean: Sequence[float] = (0.0, 0.0, 0.0),
-        image_std: Sequence[float] = (1.0, 1.0, 1.0),
         interpolation: str = "bilinear",
         reference_size: int | None = 224,
         seed: int = 0,
@@ -146,49 +145,32 @@ class ReinforcedTrainingView:
         if caption_mode not in ("both", "random"):
             raise ValueError(f"caption_mode must be 'both' or 'random', got {caption_mode!r}.")
         self.tokenizer, self.image_size, self.interpolation = tokenizer, int(image_size), interpolation
-        mean = torch.tensor(image_mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(image_std, dtype=torch.float32).view(-1, 1, 1)
-        # (x / 255 - mean) / std folded into one multiply-add.
-        self._pixel_scale, self._pixel_shift = 1.0 / (255.0 * std), -mean / std
         self.reference_size, self.seed = reference_size, seed
         self.caption_mode, self.synthetic = caption_mode, synthetic
-        # Shared memory, so set_epoch() reaches persistent DataLoader workers too.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @classmethod
     def from_model_config(
         cls, config, tokenizer, metadata: ReinforcementMetadata | None = None, **kwargs
     ) -> "ReinforcedTrainingView":
-        """Student preprocessing from a MobileCLIPConfig (`image_size`, `resample`, `image_mean`, `image_std`)."""
-        settings = {
-            "image_size": config.image_size,
-            "interpolation": getattr(config, "resample", "bilinear"),
-            "image_mean": tuple(getattr(config, "image_mean", (0.0, 0.0, 0.0))),
-            "image_std": tuple(getattr(config, "image_std", (1.0, 1.0, 1.0))),
-        }
+        """Student preprocessing from a MobileCLIPConfig (`image_size`, `resample`)."""
+        settings = {"image_size": config.image_size, "interpolation": getattr(config, "resample", "bilinear")}
         if metadata is not None:
             settings["reference_size"] = metadata.augmentation.size
             settings["synthetic"] = metadata.num_synthetic_captions > 0
         return cls(tokenizer, **{**settings, **kwargs})
 
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.item())
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-
     def _tokenize(self, texts: list[str]) -> torch.Tensor:
         return tokenize(self.tokenizer, texts)
 
-    def pixel_values(self, image: Image.Image, params: AugmentationParams) -> torch.Tensor:
+    def views(self, image: Image.Image, params: AugmentationParams) -> torch.Tensor:
+        """The uint8 (3, S, S) view of `image` under the stored augmentation `params`."""
         view = apply_augmentation(image, params, self.image_size, self.interpolation, self.reference_size)
-        return torch.addcmul(self._pixel_shift, F.pil_to_tensor(view).float(), self._pixel_scale)
+        return F.pil_to_tensor(view)
 
-    def __call__(self, row: pa.Table | Mapping[str, Any]) -> dict[str, Any]:
+    def __call__(self, row: pa.Table | Mapping[str, Any], epoch: int) -> dict[str, Any]:
         sample = _RowAccess(row)
         uid = str(sample.scalar("uid"))
-        rng = np.random.default_rng(sample_seed(self.seed, f"{self.epoch}/{uid}"))
+        rng = np.random.default_rng(sample_seed(self.seed, f"{int(epoch)}/{uid}"))
         num_augmentations = sample.list_length("aug_params")
         num_synthetic = sample.list_length("syn_captions")
         aug_index = int(rng.integers(num_augmentations))
@@ -197,7 +179,7 @@ class ReinforcedTrainingView:
         image_emb, text_emb = sample.embeddings("image_emb"), sample.embeddings("text_emb")
         result = {
             "uid": uid,
-            "pixel_values": self.pixel_values(sample.image(), params),
+            "views": self.views(sample.image(), params),
             "image_emb": torch.from_numpy(image_emb[aug_index].copy()),
             "aug_index": aug_index,
         }
@@ -206,74 +188,19 @@ class ReinforcedTrainingView:
             choice = int(rng.integers(1 + num_synthetic))
             text = caption if choice == 0 else sample.list_item("syn_captions", choice - 1)
             result.update(input_ids=self._tokenize([text])[0], text_emb=torch.from_numpy(text_emb[choice].copy()),
-                          syn_index=choice - 1)
+                          syn_index=choice - 1, caption=text)
             return result
         if self.synthetic and len(text_emb) > 1:  # the dataset has K > 0 (text_emb has 1 + K rows)
             # A sample without synthetic captions: its ground truth stands in (syn_index -1 -> text_emb[0]).
             syn_text = sample.list_item("syn_captions", syn_index) if num_synthetic else caption
             tokens = self._tokenize([caption, syn_text])
-            result.update(syn_input_ids=tokens[1], syn_text_emb=torch.from_numpy(text_emb[1 + syn_index].copy()))
+            result.update(syn_input_ids=tokens[1], syn_text_emb=torch.from_numpy(text_emb[1 + syn_index].copy()),
+                          syn_caption=syn_text)
         else:
             tokens, syn_index = self._tokenize([caption]), -1
-        result.update(input_ids=tokens[0], text_emb=torch.from_numpy(text_emb[0].copy()), syn_index=syn_index)
+        result.update(input_ids=tokens[0], text_emb=torch.from_numpy(text_emb[0].copy()), syn_index=syn_index,
+                      caption=caption)
         return result
 
-    def wrap(self, dataset):
-        """A torch dataset applying this view: map-style for `datasets.Dataset`, iterable for streaming ones."""
-        import datasets
 
-        if isinstance(dataset, datasets.IterableDataset):
-            return ReinforcedIterableDataset(dataset, self)
-        return ReinforcedMapDataset(dataset, self)
-
-
-class ReinforcedMapDataset(torch.utils.data.Dataset):
-    """Map-style training dataset: reads rows as Arrow (float16 kept, images decoded once) and applies the view."""
-
-    def __init__(self, dataset, view: ReinforcedTrainingView):
-        self.rows, self.view = dataset.with_format("arrow"), view
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.view(self.rows[int(index)])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.view.set_epoch(epoch)
-
-
-class ReinforcedIterableDataset(torch.utils.data.IterableDataset):
-    """Streaming training dataset; `datasets` splits the stream's shards across DataLoader workers."""
-
-    def __init__(self, dataset, view: ReinforcedTrainingView):
-        self.rows, self.view = dataset.with_format("arrow"), view
-
-    def __iter__(self):
-        for row in self.rows:
-            yield self.view(row)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.view.set_epoch(epoch)
-        self.rows.set_epoch(epoch)
-
-
-def collate_reinforced(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack per-sample outputs into a batch (uids stay a list; embeddings stay float16)."""
-    batch: dict[str, Any] = {"uid": [s["uid"] for s in samples]}
-    for key in samples[0]:
-        if key == "uid":
-            continue
-        values = [s[key] for s in samples]
-        batch[key] = torch.stack(values) if torch.is_tensor(values[0]) else torch.tensor(values, dtype=torch.long)
-    return batch
-
-
-__all__ = [
-    "ReinforcedIterableDataset",
-    "ReinforcedMapDataset",
-    "ReinforcedTrainingView",
-    "collate_reinforced",
-    "load_reinforced_dataset",
-    "tokenize",
-]
+__all__ = ["ReinforcedTrainingView", "load_reinforced_dataset", "row_embeddings", "tokenize"]

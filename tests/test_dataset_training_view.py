@@ -10,7 +10,6 @@ import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from dataset_scripts.augmentation import (  # noqa: E402
     AugmentationConfig,
@@ -25,11 +24,7 @@ from dataset_scripts.dr_format import (  # noqa: E402
     write_dataset_card,
     write_parquet_shard,
 )
-from dataset_scripts.training_view import (  # noqa: E402
-    ReinforcedTrainingView,
-    collate_reinforced,
-    load_reinforced_dataset,
-)
+from dataset_scripts.training_view import ReinforcedTrainingView, load_reinforced_dataset  # noqa: E402
 
 N, K, DIMS = 4, 3, (6, 2)
 
@@ -85,7 +80,7 @@ def index_of(uid):
     return int(uid[1:])
 
 
-def check_sample(sample, row, view, tokenizer):
+def check_sample(sample, row, tokenizer):
     index = index_of(sample["uid"])
     aug, syn = sample["aug_index"], sample["syn_index"]
     assert 0 <= aug < N and 0 <= syn < K
@@ -95,64 +90,56 @@ def check_sample(sample, row, view, tokenizer):
     assert torch.allclose(sample["syn_text_emb"].float(), torch.tensor(-(index + (1 + syn) / 10)), atol=2e-2)
     assert torch.equal(sample["input_ids"], tokenizer([row["caption"]])[0])
     assert torch.equal(sample["syn_input_ids"], tokenizer([row["syn_captions"][syn]])[0])
+    assert sample["caption"] == row["caption"] and sample["syn_caption"] == row["syn_captions"][syn]
     expected_view = apply_augmentation(row["image"].convert("RGB"), AugmentationParams.from_json(row["aug_params"][aug]),
                                        256, "bilinear", reference_size=224)
-    expected = (torch.from_numpy(np.array(expected_view)).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
-    assert sample["pixel_values"].dtype == torch.float32
-    torch.testing.assert_close(sample["pixel_values"], expected, atol=1e-5, rtol=0)
+    expected = torch.from_numpy(np.array(expected_view)).permute(2, 0, 1)
+    assert sample["views"].dtype == torch.uint8  # normalisation happens once, on the device (training/step.py)
+    assert torch.equal(sample["views"], expected)
 
 
 def test_view_replays_stored_augmentation_and_selects_matching_targets(reinforced, tokenizer):
     dataset, metadata = load_reinforced_dataset(str(reinforced))
-    config = type("Config", (), {"image_size": 256, "resample": "bilinear", "image_mean": (0.5,) * 3,
-                                 "image_std": (0.25,) * 3})()
+    config = type("Config", (), {"image_size": 256, "resample": "bilinear"})()
     view = ReinforcedTrainingView.from_model_config(config, tokenizer, metadata, seed=3)
     assert view.reference_size == 224 and view.synthetic
-    train_set = view.wrap(dataset)
-    for i in range(len(train_set)):
-        check_sample(train_set[i], dataset[i], view, tokenizer)
+    rows = dataset.with_format("arrow")
+    for i in range(len(dataset)):
+        check_sample(view(rows[i], epoch=0), dataset[i], tokenizer)
 
 
-def test_draws_depend_on_epoch_not_on_workers(reinforced, tokenizer):
-    dataset, metadata = load_reinforced_dataset(str(reinforced))
+def test_draws_depend_on_seed_epoch_and_uid_only(reinforced, tokenizer):
+    dataset, _ = load_reinforced_dataset(str(reinforced))
+    rows = dataset.with_format("arrow")
     view = ReinforcedTrainingView(tokenizer, image_size=32, seed=0)
-    train_set = view.wrap(dataset)
 
-    def draws(num_workers):
-        loader = DataLoader(train_set, batch_size=3, num_workers=num_workers, collate_fn=collate_reinforced)
-        return {uid: (int(a), int(s)) for batch in loader
-                for uid, a, s in zip(batch["uid"], batch["aug_index"], batch["syn_index"])}
+    def draws(epoch, order):
+        samples = (view(rows[i], epoch) for i in order)
+        return {s["uid"]: (s["aug_index"], s["syn_index"]) for s in samples}
 
-    epoch0 = draws(0)
-    assert draws(2) == epoch0 and len(epoch0) == 9
-    train_set.set_epoch(1)
-    epoch1 = draws(2)
+    epoch0 = draws(0, range(9))
+    assert draws(0, reversed(range(9))) == epoch0 and len(epoch0) == 9  # reading order does not matter
+    epoch1 = draws(1, range(9))
     assert epoch1 != epoch0 and set(epoch1) == set(epoch0)
-    train_set.set_epoch(0)
-    assert draws(0) == epoch0
+    assert draws(0, range(9)) == epoch0
+    view = ReinforcedTrainingView(tokenizer, image_size=32, seed=1)
+    assert draws(0, range(9)) != epoch0  # another seed, other draws
+    view = ReinforcedTrainingView(tokenizer, image_size=32, seed=0)
     # All augmentations and synthetic captions get drawn over epochs.
-    seen = set()
-    for epoch in range(12):
-        view.set_epoch(epoch)
-        seen |= {(train_set[0]["aug_index"], train_set[0]["syn_index"])}
+    seen = {(view(rows[0], epoch)["aug_index"], view(rows[0], epoch)["syn_index"]) for epoch in range(12)}
     assert {a for a, _ in seen} == set(range(N)) and {s for _, s in seen} == set(range(K))
 
 
-def test_streaming_with_workers_matches_map_style(reinforced, tokenizer):
+def test_streamed_rows_give_the_map_style_samples(reinforced, tokenizer):
     dataset, _ = load_reinforced_dataset(str(reinforced))
     stream, _ = load_reinforced_dataset(str(reinforced), streaming=True)
     view = ReinforcedTrainingView(tokenizer, image_size=64, seed=5)
-    view.set_epoch(2)
-    map_samples = {s["uid"]: s for s in view.wrap(dataset)}
-    loader = DataLoader(view.wrap(stream), batch_size=4, num_workers=2, collate_fn=collate_reinforced)
-    streamed = {}
-    for batch in loader:
-        assert batch["image_emb"].dtype == torch.float16 and batch["pixel_values"].shape[1:] == (3, 64, 64)
-        for i, uid in enumerate(batch["uid"]):
-            streamed[uid] = {key: value[i] for key, value in batch.items() if key != "uid"}
-    assert set(streamed) == set(map_samples)  # every sample exactly once across the 2 workers
+    rows = dataset.with_format("arrow")
+    map_samples = {s["uid"]: s for s in (view(rows[i], 2) for i in range(len(dataset)))}
+    streamed = {s["uid"]: s for s in (view(row, 2) for row in stream.with_format("arrow"))}
+    assert set(streamed) == set(map_samples)
     for uid, sample in streamed.items():
-        for key in ("pixel_values", "image_emb", "text_emb", "syn_text_emb", "input_ids", "syn_input_ids"):
+        for key in ("views", "image_emb", "text_emb", "syn_text_emb", "input_ids", "syn_input_ids"):
             assert torch.equal(sample[key], map_samples[uid][key]), (uid, key)
 
 
@@ -160,19 +147,18 @@ def test_random_caption_mode_and_datasets_without_synthetic_captions(tmp_path, t
     build_dataset(tmp_path, num_synthetic=0, rows_per_shard=(3,))
     dataset, metadata = load_reinforced_dataset(str(tmp_path))
     view = ReinforcedTrainingView(tokenizer, image_size=32, synthetic=metadata.num_synthetic_captions > 0)
-    sample = view.wrap(dataset)[1]
+    rows = dataset.with_format("arrow")
+    sample = view(rows[1], 0)
     assert "syn_input_ids" not in sample and sample["syn_index"] == -1
     assert torch.allclose(sample["text_emb"].float(), torch.tensor(-1.0), atol=1e-2)
-    batch = collate_reinforced([view.wrap(dataset)[i] for i in range(3)])
-    assert batch["input_ids"].shape == (3, 77) and batch["text_emb"].shape == (3, sum(DIMS))
+    assert sample["input_ids"].shape == (77,) and sample["text_emb"].shape == (sum(DIMS),)
 
     build_dataset(tmp_path / "k3", rows_per_shard=(2,))
     dataset, _ = load_reinforced_dataset(str(tmp_path / "k3"))
     view = ReinforcedTrainingView(tokenizer, image_size=32, caption_mode="random")
     choices = set()
     for epoch in range(20):
-        view.set_epoch(epoch)
-        sample = view(dataset.with_format("arrow")[0])
+        sample = view(dataset.with_format("arrow")[0], epoch)
         row = dataset[0]
         choice = sample["syn_index"] + 1
         text = row["caption"] if choice == 0 else row["syn_captions"][choice - 1]
@@ -187,9 +173,9 @@ def test_random_caption_mode_and_datasets_without_synthetic_captions(tmp_path, t
 def test_view_accepts_decoded_rows(reinforced, tokenizer):
     dataset, _ = load_reinforced_dataset(str(reinforced))
     view = ReinforcedTrainingView(tokenizer, image_size=48, seed=1)
-    from_table = view(dataset.with_format("arrow")[4])
-    from_dict = view(dataset[4])  # python format: PIL image, nested lists
-    for key in ("pixel_values", "image_emb", "text_emb", "syn_text_emb", "input_ids"):
+    from_table = view(dataset.with_format("arrow")[4], 0)
+    from_dict = view(dataset[4], 0)  # python format: PIL image, nested lists
+    for key in ("views", "image_emb", "text_emb", "syn_text_emb", "input_ids"):
         assert torch.equal(from_table[key], from_dict[key]), key
 
 
@@ -203,11 +189,9 @@ def test_rows_with_fewer_synthetic_captions_draw_only_their_own(tmp_path, tokeni
     random = ReinforcedTrainingView(tokenizer, image_size=32, caption_mode="random")
     drawn = {(mode, i): set() for mode in ("both", "random") for i in range(3)}
     for epoch in range(40):
-        both.set_epoch(epoch)
-        random.set_epoch(epoch)
-        samples = [both(rows[i]) for i in range(3)]
-        batch = collate_reinforced(samples)  # the sample without synthetic captions still stacks into B_syn
-        assert batch["syn_input_ids"].shape == (3, 77) and batch["syn_text_emb"].shape == (3, sum(DIMS))
+        samples = [both(rows[i], epoch) for i in range(3)]
+        # The sample without synthetic captions still has a B_syn caption, so the batch stacks.
+        assert all(s["syn_input_ids"].shape == (77,) and s["syn_text_emb"].shape == (sum(DIMS),) for s in samples)
         for i, sample in enumerate(samples):
             syn = sample["syn_index"]
             # Sample 2 has no synthetic caption: its ground truth stands in (syn_index -1, text_emb row 0).
@@ -215,7 +199,7 @@ def test_rows_with_fewer_synthetic_captions_draw_only_their_own(tmp_path, tokeni
             assert torch.equal(sample["syn_input_ids"], tokenizer([text])[0])
             assert torch.allclose(sample["syn_text_emb"].float(), torch.tensor(-(i + (1 + syn) / 10)), atol=2e-2)
             drawn["both", i].add(syn)
-            sample = random(rows[i])
+            sample = random(rows[i], epoch)
             choice = sample["syn_index"] + 1
             text = dataset[i]["caption"] if choice == 0 else dataset[i]["syn_captions"][choice - 1]
             assert torch.equal(sample["input_ids"], tokenizer([text])[0])

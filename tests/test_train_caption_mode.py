@@ -46,25 +46,25 @@ def column_caption_data(tmp_path_factory) -> Path:
     return root / "data"
 
 
-def _training_samples(data: Path, keep_text: bool = False, **values):
+def _training_samples(data: Path, **values):
     from modeling_mobileclip import MobileCLIPConfig
     from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
-    from training.data import TrainingSamples, load_train_dataset, validate_dataset
+    from training.data import TrainingSamples, TrainingViews, load_train_dataset, validate_dataset
 
     config = _tiny_config(train_data=str(data), **values)
     dataset = load_train_dataset(config)
     model_config = MobileCLIPConfig.from_variant("mobileclip-tiny")
     tokenizer = MobileCLIPProcessor.from_variant("mobileclip-tiny").tokenizer
-    samples = TrainingSamples(dataset, config, validate_dataset(dataset, config), model_config.image_size,
-                              model_config.resample, tokenizer, keep_text=keep_text)
-    return config, dataset, samples, tokenizer
+    views = TrainingViews(config, validate_dataset(dataset, config), model_config.image_size, model_config.resample,
+                          tokenizer)
+    return config, dataset, TrainingSamples(dataset, views), tokenizer
 
 
 def test_random_caption_mode_draws_every_real_caption_of_a_row(column_caption_data):
     from training.config import ConfigError
 
-    # keep_text (mode online: the teachers embed the caption text) must name the drawn caption too.
-    _, dataset, samples, tokenizer = _training_samples(column_caption_data, keep_text=True, caption_mode="random")
+    # The sample names the drawn caption too (mode online: the teachers embed the caption text).
+    _, dataset, samples, tokenizer = _training_samples(column_caption_data, caption_mode="random")
     assert sorted(len(s) for s in dataset["syn_captions"]) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
     for row in range(len(dataset)):
         record = dataset[row]
@@ -88,19 +88,22 @@ def test_random_caption_mode_draws_every_real_caption_of_a_row(column_caption_da
 
 @pytest.mark.parametrize("caption_mode", ["random", "both"])
 def test_clip_and_reinforced_modes_see_identical_views_and_captions(column_caption_data, caption_mode):
-    from training.data import Collator, build_train_dataloader
+    from training.data import Collator
+    from training.inputs import TrainingData
 
     batches = {}
     for mode in ("clip", "reinforced"):
-        config, _, samples, tokenizer = _training_samples(column_caption_data, mode=mode, caption_mode=caption_mode)
-        loader, _ = build_train_dataloader(samples, Collator(tokenizer), config, 8, 0, 1, 0)
+        config, dataset, samples, tokenizer = _training_samples(column_caption_data, mode=mode,
+                                                                caption_mode=caption_mode)
+        data = TrainingData(samples.views.spec, dataset=dataset)
+        loader = data.loader(samples.views, Collator(tokenizer), config, 8, 0, 1, 0, None)
         batches[mode] = [batch for _, batch in zip(range(6), loader)]  # 3 epochs of 2 steps
     text_keys = {"input_ids"} if caption_mode == "random" else {"input_ids", "syn_input_ids"}
     for clip, reinforced in zip(batches["clip"], batches["reinforced"]):
-        assert set(clip) == {"pixel_values", *text_keys}
+        assert set(clip) == {"views", *text_keys}
         assert set(reinforced) - set(clip) == {"image_emb", "text_emb"} | (
             set() if caption_mode == "random" else {"syn_text_emb"})
-        for key in ("pixel_values", *text_keys):
+        for key in ("views", *text_keys):
             assert torch.equal(clip[key], reinforced[key]), key
 
 
@@ -133,5 +136,5 @@ def test_caption_modes_on_plain_data_with_a_synthetic_caption_column():
         assert "syn_caption" not in sample and sample["caption"] in [record["name"], *record["keywords"]]
         drawn.add(sample["caption"])
         assert ground_truth_only[(0, epoch)]["caption"] == record["name"]
-        assert torch.equal(sample["pixel_values"], both[(0, epoch)]["pixel_values"])  # the same view either way
+        assert torch.equal(sample["views"], both[(0, epoch)]["views"])  # the same view either way
     assert drawn == {record["name"], *record["keywords"]}, (drawn, record["keywords"])

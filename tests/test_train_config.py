@@ -1,11 +1,9 @@
 """training/config.py, the presets, the learning-rate schedule, optimizer groups and the global-batch sampler."""
 
-import itertools
 
 import pytest
 
 from training.config import CONFIGS_DIR, ConfigError, TrainingConfig, build_config, parse_args
-from training.data import GlobalBatchSampler
 from training.train import learning_rate_at, parameter_groups
 
 
@@ -99,22 +97,3 @@ def test_weight_decay_skips_biases_norms_layer_scales_and_logit_scale():
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.2, 0.0)
 
 
-def _take(sampler, count):
-    return list(itertools.islice(iter(sampler), count))
-
-
-def test_global_batches_do_not_depend_on_process_count_and_resume_exactly():
-    rows, batch, steps = 30, 8, 9  # 3 steps per epoch: crosses two epoch boundaries
-    single = _take(GlobalBatchSampler(rows, batch, seed=3, rank=0, world_size=1), steps)
-    shares = [_take(GlobalBatchSampler(rows, batch, seed=3, rank=r, world_size=2), steps) for r in range(2)]
-    for step in range(steps):
-        assert shares[0][step] + shares[1][step] == single[step]
-    for step in range(steps):
-        assert _take(GlobalBatchSampler(rows, batch, seed=3, rank=0, world_size=1, start_step=step), steps - step) \
-            == single[step:]
-    epochs = [[row for row, _ in b] for b in single]
-    assert len(set(epochs[0] + epochs[1] + epochs[2])) == 24  # no row twice within an epoch
-    assert epochs[:3] != epochs[3:6]  # reshuffled per epoch
-    assert [e for _, e in single[3]] == [1] * batch
-    with pytest.raises(ValueError, match="not a multiple of 3 processes"):
-        GlobalBatchSampler(rows, batch, seed=0, rank=0, world_size=3)

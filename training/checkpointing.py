@@ -1,6 +1,7 @@
 """Exact-resume checkpoints: `output_dir/checkpoints/step_N`, written atomically, without pickle.
 
-A checkpoint holds the model weights (`model.safetensors`), the optimizer state (tensors in `optimizer.safetensors`,
+A checkpoint holds the model weights (`model.safetensors`), the EMA of the weights when `ema_decay` is set
+(`ema.safetensors`, see `training.ema`), the optimizer state (tensors in `optimizer.safetensors`,
 hyper-parameters in `optimizer.json`), every process's RNG states (`rng_state_<rank>.json`: Python `random`, NumPy,
 torch CPU and CUDA), the fp16 gradient scaler if there is one (`scaler.json`), the step counter
 (`trainer_state.json`, which fixes the data position: see `training.data`) and the resolved config. It is written
@@ -39,11 +40,14 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
 OPTIMIZER_FILE = "optimizer.json"
 SCALER_FILE = "scaler.json"
+EMA_FILE = "ema.safetensors"
 RNG_FILE = "rng_state_{}.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-# Changing these between the interrupted and the resumed run would silently change the data order or the model.
+# Changing these between the interrupted and the resumed run would silently change the data order or the model
+# (ema_decay: the EMA weights, which are saved as the model with save_ema_weights).
 RESUME_INVARIANT_KEYS = ("variant", "init_from", "train_data", "train_data_config", "train_split",
-                         "max_train_samples", "mode", "seed", "global_batch_size_resolved")
+                         "max_train_samples", "mode", "seed", "global_batch_size_resolved", "ema_decay",
+                         "streaming_resolved", "stream_slots_resolved", "shuffle_block_size", "train_images")
 # Formats that torch.save / pickle write. Checked by name and (for files that are not safetensors) by content, so
 # a renamed pickle is caught too: pickle protocol >= 2 starts with 0x80 <protocol>, torch.save writes a zip archive.
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".npz")
@@ -146,8 +150,14 @@ def _optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, resolved: dict,
-                    total_limit: int | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Path:
-    """Writes `checkpoints/step_<step>` atomically on all processes; prunes to `total_limit` complete ones."""
+                    total_limit: int | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    ema: torch.nn.Module | None = None, process_files: dict[str, str] | None = None) -> Path:
+    """Writes `checkpoints/step_<step>` atomically on all processes; prunes to `total_limit` complete ones.
+
+    `ema`: the EMA copy of the model (`training.ema`), written as `ema.safetensors` when given.
+    `process_files`: text files this process adds (name -> JSON text), e.g. its stream positions
+    (`training.inputs.stream_state_files`).
+    """
     root = checkpoints_root(output_dir)
     final, staging = root / f"step_{step}", root / f"step_{step}.tmp"
     if accelerator.is_main_process:
@@ -156,8 +166,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     accelerator.wait_for_everyone()
     # Every process has its own RNG streams; model and optimizer are identical across DDP processes.
     (staging / RNG_FILE.format(accelerator.process_index)).write_text(json.dumps(_rng_state()))
+    for name, text in (process_files or {}).items():
+        (staging / name).write_text(text)
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model), str(staging / MODEL_FILE))
+        if ema is not None:
+            save_model(ema, str(staging / EMA_FILE))
         tensors, rest = _optimizer_files(optimizer)
         save_file(tensors, str(staging / OPTIMIZER_TENSORS_FILE))
         (staging / OPTIMIZER_FILE).write_text(json.dumps(rest))
@@ -221,17 +235,30 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def _load_weights(module: torch.nn.Module, path: Path, device: torch.device) -> None:
+    missing, unexpected = load_model(module, str(path), strict=False, device=str(device))
+    if missing or unexpected:
+        raise ConfigError(f"Cannot resume: {path} does not match the model "
+                          f"(missing {missing}, unexpected {unexpected}).")
+
+
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer) -> int:
-    """Restores model, optimizer, this process's RNG states and the scaler; returns the saved step."""
+                    optimizer: torch.optim.Optimizer, ema: torch.nn.Module | None = None) -> int:
+    """Restores model, optimizer, this process's RNG states and the scaler (and `ema`, the EMA copy of the model,
+    when given); returns the saved step."""
     checkpoint = Path(checkpoint)
     refuse_pickle_files(checkpoint)
     step = int(_read_json(checkpoint / TRAINER_STATE_FILE)["step"])
-    missing, unexpected = load_model(accelerator.unwrap_model(model), str(checkpoint / MODEL_FILE),
-                                     strict=False, device=str(accelerator.device))
-    if missing or unexpected:
-        raise ConfigError(f"Cannot resume: {checkpoint / MODEL_FILE} does not match the model "
-                          f"(missing {missing}, unexpected {unexpected}).")
+    if ema is not None and not (checkpoint / EMA_FILE).is_file():
+        # Restarting the average from the current weights would silently give other EMA weights than the
+        # uninterrupted run, so refuse instead.
+        raise ConfigError(f"Cannot resume with ema_decay set: {checkpoint} has no {EMA_FILE}, so the EMA of the "
+                          "weights cannot be restored. The checkpoint was written without ema_decay or is "
+                          "incomplete: delete its folder to resume from the previous one, or start a new "
+                          "output_dir.")
+    _load_weights(accelerator.unwrap_model(model), checkpoint / MODEL_FILE, accelerator.device)
+    if ema is not None:
+        _load_weights(ema, checkpoint / EMA_FILE, accelerator.device)
     _load_optimizer(optimizer, checkpoint)
     if accelerator.scaler is not None and (checkpoint / SCALER_FILE).is_file():
         accelerator.scaler.load_state_dict(_read_json(checkpoint / SCALER_FILE))

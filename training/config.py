@@ -75,6 +75,19 @@ class TrainingConfig:
     """RandomResizedCrop area range for data *without* stored augmentations (views are sampled per epoch)."""
     rand_augment: bool = True
     """Apply RandAugment to views sampled for data without stored augmentations (DataCompDR's recipe)."""
+    streaming: bool | None = None
+    """Stream the shards instead of reading map-style (no Arrow copy, no random access; see training/streaming.py).
+    null: automatic, on for WebDataset `*.tar` patterns and Hub dataset ids."""
+    train_images: str | None = None
+    """Glob of img2dataset image tars joined by uid with Apple's official reinforcement tars in `train_data`."""
+    stream_slots: int | None = None
+    """Streaming: the number of independent shard streams every global batch draws from equally. Must divide the
+    global batch, be a multiple of the number of processes and be at most the number of shards; it fixes the data
+    order, so keep it when the process count changes. Default: the largest power of two <= min(shards, 1024) that
+    divides the global batch."""
+    shuffle_block_size: int = 256
+    """Streaming: rows of a slot shuffled together (a seeded permutation per block of consecutive rows), on top of a
+    per-epoch shard order; the memory is this many raw rows per slot."""
 
     # --- loss and teachers -------------------------------------------------------------------------------------
     kd_weight: float | None = None
@@ -95,6 +108,10 @@ class TrainingConfig:
     """Samples per process and step. Give this or `global_batch_size`."""
     global_batch_size: int | None = None
     """Samples per step over all processes; must be a multiple of the number of processes."""
+    gradient_accumulation_steps: int = 1
+    """Split each process's batch into this many micro-batches, forward and backward one at a time, and step once:
+    the loss and gradients of the whole global batch with one micro-batch's activations in memory (open_clip's
+    `--accum-freq`; exact with frozen BatchNorm). Not a resume-invariant key: it changes memory, not the math."""
     learning_rate: float = 1e-3
     """Peak AdamW learning rate, reached after `warmup_steps`."""
     min_learning_rate: float = 0.0
@@ -113,6 +130,10 @@ class TrainingConfig:
     """Clip the global gradient norm to this value (null: no clipping)."""
     logit_scale_max: float = 100.0
     """After each step the learned logit scale is clamped to [0, ln(logit_scale_max)]."""
+    ema_decay: float | None = None
+    """Keep an exponential moving average of the weights, ema = d * ema + (1 - d) * weights after every step, in
+    float32 (MobileCLIP: 0.9995); it is evaluated beside the raw weights (`eval_ema/...`) and saved as a second
+    model folder. Must lie in (0, 1); null: no EMA."""
 
     # --- performance -------------------------------------------------------------------------------------------
     mixed_precision: str = "bf16"
@@ -137,6 +158,9 @@ class TrainingConfig:
     """Keep only the newest N checkpoints (null keeps all)."""
     resume_from_checkpoint: str | None = None
     """`latest` (newest complete checkpoint in `output_dir`, fresh start if none) or a checkpoint folder."""
+    save_ema_weights: bool = False
+    """Save (and push) the EMA weights as `output_dir/model`, the raw weights as `output_dir/model_raw`; false: the
+    raw weights in `model`, the EMA ones (if `ema_decay` is set) in `model_ema`. Needs `ema_decay`."""
     save_reparameterized: bool = False
     """Also write `output_dir/model/reparameterized`, the fused inference copy (uploaded with the model)."""
     overwrite_output_dir: bool = False
@@ -205,13 +229,14 @@ class TrainingConfig:
             if name in self.trackers and importlib.util.find_spec(name) is None:
                 raise ConfigError(f"report_to {name!r} needs the `{name}` package (pip install {name}), or set "
                                   "report_to to another tracker / none.")
-        for name in ("max_steps", "logging_steps", "eval_batch_size"):
+        for name in ("max_steps", "logging_steps", "eval_batch_size", "gradient_accumulation_steps",
+                     "shuffle_block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("save_steps", "warmup_steps", "eval_steps", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("per_device_batch_size", "global_batch_size", "max_train_samples"):
+        for name in ("per_device_batch_size", "global_batch_size", "max_train_samples", "stream_slots"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 (or null), got {value}.")
@@ -235,6 +260,12 @@ class TrainingConfig:
                               f"({self.learning_rate}).")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ConfigError(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must lie in (0, 1) (MobileCLIP uses 0.9995), or be null for no EMA; got "
+                              f"{self.ema_decay}.")
+        if self.save_ema_weights and self.ema_decay is None:
+            raise ConfigError("save_ema_weights saves the EMA of the weights as the model, but ema_decay is null (no "
+                              "EMA is kept); set ema_decay (e.g. 0.9995) or drop save_ema_weights.")
         if self.freeze_batchnorm and self.sync_batchnorm:
             raise ConfigError("freeze_batchnorm and sync_batchnorm exclude each other (frozen statistics need no "
                               "sync).")
@@ -377,7 +408,7 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     )
     parser.add_argument("--config", help="YAML preset (a path, or a file name in training/configs/)")
     for item in dataclasses.fields(TrainingConfig):
-        is_bool = _FIELD_TYPES[item.name] is bool
+        is_bool = _FIELD_TYPES[item.name] in (bool, bool | None)  # `--push_to_hub` / `--streaming` alone: true
         parser.add_argument(
             f"--{item.name}", nargs="?" if is_bool else None, const="true" if is_bool else None,
             metavar="VALUE", help=f"{_type_name(_FIELD_TYPES[item.name])} (default {item.default!r})"

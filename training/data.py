@@ -1,27 +1,27 @@
-"""Training data: loading and validating the dataset, the global-batch sampler and per-sample views.
+"""Training data, map-style: loading and validating the dataset, and the per-sample views.
 
 Order and randomness are functions of `(seed, epoch, row)` only:
 
-* :class:`GlobalBatchSampler` shuffles the rows once per epoch with `seed + epoch` and cuts the permutation into
-  global batches; process `r` of `W` takes rows `[r*b, (r+1)*b)` of each global batch. So the global batch at a
-  step is the same for 1 or N processes (what makes a 2-process run equal a 1-process run on the same batch), and
-  a run resumes exactly from its step counter alone: step -> (epoch, batch within the epoch).
-* :class:`TrainingSamples` derives each sample's random choices (which stored augmentation and synthetic caption,
+* `training.order.GlobalBatchSampler` orders each epoch by a seeded permutation of all rows, evaluated lazily (its
+  memory does not grow with the rows), and cuts it into global batches; process `r` of `W` takes rows
+  `[r*b, (r+1)*b)` of each global batch. So the global batch at a step is the same for 1 or N processes (what makes
+  a 2-process run equal a 1-process run on the same batch), and a run resumes exactly from its step counter alone:
+  step -> (epoch, batch within the epoch).
+* :class:`TrainingViews` derives each sample's random choices (which stored augmentation and synthetic caption,
   drawn by `dataset_scripts.training_view` from `(seed, epoch, uid)`; for data without stored augmentations a
   fresh view and one caption of a list, from `(seed, epoch, row)`), independent of DataLoader workers and GPUs,
   and of `mode`: a clip baseline and a reinforced student with the same seed and `caption_mode` see the same
-  views and captions.
+  views and captions. The streaming reader (`training/streaming.py`) uses the same views.
 
 The dataset is map-style (`load_dataset` without streaming), which `datasets` backs with an Arrow cache on disk.
 
-Views are returned as uint8 (3, S, S) at the student's resolution; normalisation happens on the device (and the
-online teachers resize and normalise the same uint8 views themselves). Teacher embeddings stay float16 in the
-batch; the loss casts them to float32.
+Views are uint8 (3, S, S) at the student's resolution, under the batch key `views`; they are normalised once, on
+the device, by `training.step.normalize_views` (the online teachers resize and normalise the same uint8 views
+themselves). Teacher embeddings stay float16 in the batch; the loss casts them to float32.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +62,8 @@ class DataSpec:
     teacher_dims: list[int]
     augmentation: AugmentationConfig
     """How the stored augmentations were recorded (the card's), or the defaults."""
-    num_rows: int
+    num_rows: int | None
+    """None for a stream (its length is not read up front)."""
     card_logit_scales: list[float] | None = None
     """Mode reinforced: the teachers' learned logit scales recorded in the card (None unless all are recorded)."""
 
@@ -103,11 +104,14 @@ def _card_metadata(config: TrainingConfig):
 
 
 def validate_dataset(
-    dataset: datasets.Dataset, config: TrainingConfig, teacher_dims: list[int] | None = None
+    dataset: datasets.Dataset, config: TrainingConfig, teacher_dims: list[int] | None = None,
+    metadata: Any = None,
 ) -> DataSpec:
     """Checks the columns against the mode and the stored embeddings against the teachers; returns a :class:`DataSpec`.
 
-    `teacher_dims` are the online teachers' dims (mode `online`); mode `reinforced` reads them from the card.
+    `teacher_dims` are the online teachers' dims (mode `online`); mode `reinforced` reads them from the card, or
+    from `metadata` (a `ReinforcementMetadata`) for data without a card (Apple's official shards). A stream is
+    validated on its first rows (`dataset` is then a small head).
     """
     columns = set(dataset.column_names)
     where = f"training data {config.train_data}"
@@ -136,7 +140,7 @@ def validate_dataset(
     specs: list[str] = list(config.teachers)
     dims: list[int] = list(teacher_dims or [])
     if reinforced_format:
-        metadata = _card_metadata(config)
+        metadata = metadata or _card_metadata(config)
         augmentation = metadata.augmentation
         has_syn = metadata.num_synthetic_captions > 0
     if config.mode == "reinforced":
@@ -201,170 +205,112 @@ def check_teacher_slices(dataset: datasets.Dataset, where: str, specs: list[str]
                 )
 
 
-class GlobalBatchSampler(torch.utils.data.Sampler):
-    """Yields this process's share of each global batch as `(row, epoch)` pairs, from `start_step` on.
+class TrainingViews:
+    """One training sample from one row and its epoch: the student's uint8 view, captions and (reinforced) teacher
+    targets. Shared by the map-style reader below and the streaming one (`training/streaming.py`).
 
-    Each epoch is a permutation of all rows seeded with `seed + epoch`, cut into `len // global_batch_size` global
-    batches (the remainder is dropped, as with `drop_last`). The sampler is infinite; the loop stops at max_steps.
+    Reinforced-format rows (a one-row Arrow table or a dict) go through `dataset_scripts.training_view` (one stored
+    augmentation replayed at the student's size, one synthetic caption, the matching teacher embeddings); other rows
+    (decoded: PIL image, caption string or list) get a fresh RandomResizedCrop + RandAugment view per epoch, drawn
+    from `(seed, epoch, key)`. `caption_mode` "random" draws one caption among the ground truth and the synthetic
+    ones instead of a B_syn caption; without synthetic captions (none in the data, or `use_synthetic_captions`
+    false) both modes give the ground truth.
     """
 
-    def __init__(
-        self, num_rows: int, global_batch_size: int, seed: int, rank: int, world_size: int, start_step: int = 0
-    ):
-        if global_batch_size % world_size:
-            raise ValueError(f"global batch {global_batch_size} is not a multiple of {world_size} processes.")
-        if num_rows < global_batch_size:
-            raise DataValidationError(
-                f"The training data has {num_rows} rows, fewer than one global batch of {global_batch_size}; "
-                "lower the batch size or use more data."
-            )
-        self.num_rows, self.global_batch_size, self.seed = num_rows, global_batch_size, seed
-        self.local_batch_size = global_batch_size // world_size
-        self.rank, self.start_step = rank, start_step
-        self.steps_per_epoch = num_rows // global_batch_size
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step = self.start_step
-        while True:
-            epoch, position = divmod(step, self.steps_per_epoch)
-            generator = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.num_rows, generator=generator)
-            for batch in range(position, self.steps_per_epoch):
-                start = batch * self.global_batch_size + self.rank * self.local_batch_size
-                yield [(int(row), epoch) for row in order[start : start + self.local_batch_size]]
-            step = (epoch + 1) * self.steps_per_epoch
-
-    def __len__(self) -> int:  # per epoch; the iterator itself never ends
-        return self.steps_per_epoch
-
-
-class _EpochKeyedView(ReinforcedTrainingView):
-    """`dataset_scripts`' training view with the epoch passed per call instead of through shared memory.
-
-    Our sampler hands each sample its own epoch, so draws stay a pure function of (seed, epoch, uid) even when
-    DataLoader workers prefetch across an epoch boundary. A worker handles one sample at a time, so a plain
-    per-process attribute is enough.
-    """
-
-    _call_epoch = 0
-
-    @property
-    def epoch(self) -> int:
-        return self._call_epoch
-
-    def for_epoch(self, row: Any, epoch: int) -> dict[str, Any]:
-        self._call_epoch = epoch
-        return self(row)
-
-
-class TrainingSamples(torch.utils.data.Dataset):
-    """Map-style view: `samples[(row, epoch)]` -> one student view, its captions and (reinforced) teacher targets.
-
-    Reinforced-format rows go through `dataset_scripts.training_view` (one stored augmentation replayed at the
-    student's size, one synthetic caption, the matching teacher embeddings); other data gets a fresh
-    RandomResizedCrop + RandAugment view per epoch. Views are returned as uint8 either way. `caption_mode`
-    "random" draws one caption among the ground truth and the synthetic ones instead of a B_syn caption; without
-    synthetic captions (none in the data, or `use_synthetic_captions` false) both modes give the ground truth.
-    """
-
-    def __init__(self, dataset: datasets.Dataset, config: TrainingConfig, spec: DataSpec, image_size: int,
-                 resample: str, tokenizer: Any, keep_text: bool = False):
-        self.config, self.spec, self.keep_text = config, spec, keep_text
+    def __init__(self, config: TrainingConfig, spec: DataSpec, image_size: int, resample: str, tokenizer: Any):
+        self.config, self.spec = config, spec
         self.image_size, self.resample = image_size, resample
         self.with_targets = config.mode == "reinforced"
-        self.length = len(dataset)
         # "random" would otherwise still draw synthetic captions that use_synthetic_captions switched off.
         self.caption_mode = config.caption_mode if spec.use_synthetic_captions else "both"
         if spec.reinforced_format:
-            self.view = _EpochKeyedView(
+            self.view = ReinforcedTrainingView(
                 tokenizer, image_size=image_size, interpolation=resample, reference_size=spec.augmentation.size,
                 seed=config.seed, caption_mode=self.caption_mode, synthetic=spec.use_synthetic_captions,
-            )  # mean 0 / std 1: [0, 1] pixels, turned back into exact uint8 below; we normalise on the device
-            self.rows = dataset.with_format("arrow")
-            self.texts = dataset.select_columns(["caption", "syn_captions"]) if keep_text else None
+            )
         else:
-            columns = [config.image_column, config.caption_column]
-            if spec.use_synthetic_captions:
-                columns.append(config.synthetic_caption_column)
-            self.rows = dataset.select_columns(columns)
             self.augmentation = AugmentationConfig(
                 size=image_size, scale=tuple(config.crop_scale), interpolation=resample,
                 rand_augment=config.rand_augment,
             )
 
-    def __len__(self) -> int:
-        return self.length
+    def __call__(self, row: Any, epoch: int, key: int | str) -> dict[str, Any]:
+        return self._reinforced(row, epoch) if self.spec.reinforced_format else self._plain(row, epoch, key)
 
-    def _fail(self, row: int, message: str) -> DataValidationError:
-        return DataValidationError(f"{self.config.train_data} row {row}: {message}")
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        row, epoch = key
-        try:
-            return self._reinforced(row, epoch) if self.spec.reinforced_format else self._plain(row, epoch)
-        except DataValidationError:
-            raise
-        except (ValueError, KeyError, OSError, IndexError) as error:
-            raise self._fail(row, f"{type(error).__name__}: {error}") from error
-
-    def _reinforced(self, row: int, epoch: int) -> dict[str, Any]:
-        out = self.view.for_epoch(self.rows[row], epoch)
-        sample = {
-            "pixel_values": out["pixel_values"].mul(255.0).round_().to(torch.uint8),
-            "input_ids": out["input_ids"],
-        }
-        if "syn_input_ids" in out:
-            sample["syn_input_ids"] = out["syn_input_ids"]
+    def _reinforced(self, row: Any, epoch: int) -> dict[str, Any]:
+        out = self.view(row, epoch)
+        keep = ["views", "input_ids", "caption", "syn_input_ids", "syn_caption"]
         if self.with_targets:
-            sample.update({k: out[k] for k in ("image_emb", "text_emb", "syn_text_emb") if k in out})
-        if self.keep_text:  # online teachers embed the very captions the student sees
-            texts, syn_index = self.texts[row], out["syn_index"]
-            # syn_index -1: no synthetic caption drawn, or the ground truth standing in for one (training_view).
-            drawn = texts["syn_captions"][syn_index] if syn_index >= 0 else texts["caption"]
-            if "syn_input_ids" in out:
-                sample["caption"], sample["syn_caption"] = texts["caption"], drawn
-            else:  # caption_mode "random": input_ids hold the drawn caption
-                sample["caption"] = drawn
-        return sample
+            keep += ["image_emb", "text_emb", "syn_text_emb"]
+        return {name: out[name] for name in keep if name in out}
 
-    def _plain(self, row: int, epoch: int) -> dict[str, Any]:
-        generator = torch.Generator().manual_seed(sample_seed(self.config.seed, f"{epoch}/{row}"))
-        record = self.rows[row]
-        image = record[self.config.image_column]
+    def _plain(self, record: dict[str, Any], epoch: int, key: int | str) -> dict[str, Any]:
+        config = self.config
+        generator = torch.Generator().manual_seed(sample_seed(config.seed, f"{epoch}/{key}"))
+        image = record[config.image_column]
         if not isinstance(image, Image.Image):
-            raise self._fail(row, f"column {self.config.image_column!r} holds {type(image).__name__}, not an image.")
+            raise ValueError(f"column {config.image_column!r} holds {type(image).__name__}, not an image.")
         image = image.convert("RGB")
-        captions = record[self.config.caption_column]
+        captions = record[config.caption_column]
         captions = [captions] if isinstance(captions, str) else list(captions or [])
         if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
-            raise self._fail(row, f"column {self.config.caption_column!r} needs a caption string or a list of them, "
-                                  f"got {record[self.config.caption_column]!r}.")
+            raise ValueError(f"column {config.caption_column!r} needs a caption string or a list of them, "
+                             f"got {record[config.caption_column]!r}.")
         caption = captions[int(torch.randint(len(captions), (1,), generator=generator))]
         params = sample_augmentation(image.height, image.width, self.augmentation, generator)
         view = apply_augmentation(image, params, self.image_size, self.resample)
-        sample: dict[str, Any] = {"pixel_values": pil_to_tensor(view), "caption": caption}
+        sample: dict[str, Any] = {"views": pil_to_tensor(view), "caption": caption}
         if self.spec.use_synthetic_captions and self.caption_mode == "random":
-            synthetic = list(record[self.config.synthetic_caption_column] or [])
+            synthetic = list(record[config.synthetic_caption_column] or [])
             choice = int(torch.randint(1 + len(synthetic), (1,), generator=generator))
             sample["caption"] = synthetic[choice - 1] if choice else caption
         elif self.spec.use_synthetic_captions:
-            synthetic = record[self.config.synthetic_caption_column]
+            synthetic = record[config.synthetic_caption_column]
             if not synthetic:
-                raise self._fail(row, f"column {self.config.synthetic_caption_column!r} is empty; set "
-                                      "use_synthetic_captions false for data without synthetic captions.")
+                raise ValueError(f"column {config.synthetic_caption_column!r} is empty; set "
+                                 "use_synthetic_captions false for data without synthetic captions.")
             sample["syn_caption"] = synthetic[int(torch.randint(len(synthetic), (1,), generator=generator))]
         return sample
 
 
+class TrainingSamples(torch.utils.data.Dataset):
+    """Map-style reader: `samples[(row, epoch)]` -> :class:`TrainingViews` of that row at that epoch."""
+
+    def __init__(self, dataset: datasets.Dataset, views: TrainingViews):
+        config, spec = views.config, views.spec
+        self.where, self.views, self.length = config.train_data, views, len(dataset)
+        if spec.reinforced_format:
+            self.rows = dataset.with_format("arrow")  # float16 kept, images decoded once, in the view
+        else:
+            columns = [config.image_column, config.caption_column]
+            if spec.use_synthetic_captions:
+                columns.append(config.synthetic_caption_column)
+            self.rows = dataset.select_columns(columns)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        row, epoch = key
+        try:
+            return self.views(self.rows[row], epoch, row)
+        except (ValueError, KeyError, OSError, IndexError) as error:
+            raise DataValidationError(f"{self.where} row {row}: {type(error).__name__}: {error}") from error
+
+
 class Collator:
-    """Stacks views and teacher targets; tokenizes captions not tokenized yet (in the DataLoader workers)."""
+    """Stacks views and teacher targets; tokenizes captions not tokenized yet (in the DataLoader workers).
+
+    `keep_text` keeps the caption strings too (`captions`, `syn_captions`): the online teachers tokenize them with
+    their own tokenizers.
+    """
 
     def __init__(self, tokenizer: Any, keep_text: bool = False):
         self.tokenizer, self.keep_text = tokenizer, keep_text
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {}
-        for key in ("pixel_values", "input_ids", "syn_input_ids", "image_emb", "text_emb", "syn_text_emb"):
+        for key in ("views", "input_ids", "syn_input_ids", "image_emb", "text_emb", "syn_text_emb"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         for text_key, ids_key in (("caption", "input_ids"), ("syn_caption", "syn_input_ids")):
@@ -373,32 +319,17 @@ class Collator:
             texts = [s[text_key] for s in samples]
             if ids_key not in batch:
                 batch[ids_key] = self.tokenizer(texts, return_tensors="pt")["input_ids"]
-            if self.keep_text:  # online teachers tokenize with their own tokenizers
+            if self.keep_text:
                 batch[text_key + "s"] = texts
         return batch
-
-
-def build_train_dataloader(
-    samples: TrainingSamples, collator: Collator, config: TrainingConfig, global_batch_size: int,
-    rank: int, world_size: int, start_step: int,
-) -> tuple[torch.utils.data.DataLoader, GlobalBatchSampler]:
-    """A DataLoader over this process's share of the global batches, starting at `start_step`."""
-    sampler = GlobalBatchSampler(len(samples), global_batch_size, config.seed, rank, world_size, start_step)
-    loader = torch.utils.data.DataLoader(
-        samples, batch_sampler=sampler, collate_fn=collator, num_workers=config.num_workers,
-        pin_memory=torch.cuda.is_available(), persistent_workers=False,
-        prefetch_factor=4 if config.num_workers else None,
-    )
-    return loader, sampler
 
 
 __all__ = [
     "Collator",
     "DataSpec",
     "DataValidationError",
-    "GlobalBatchSampler",
     "TrainingSamples",
-    "build_train_dataloader",
+    "TrainingViews",
     "load_train_dataset",
     "validate_dataset",
 ]

@@ -9,9 +9,10 @@ views: for comparison and for data that has not been reinforced).
 
 Steps, in order: Accelerator; input validation (data columns vs mode, teacher dims vs stored embeddings, batch size
 vs processes); model, optimizer, `accelerator.prepare`; resume (`--resume_from_checkpoint latest`); the loop (lr
-from a pure function of the step, forward, loss over the global batch, backward, clip, AdamW step, logit-scale
-clamp, logging, checkpoints, periodic zero-shot evaluation); then the final evaluation, a complete Hugging Face
-folder in `output_dir/model` (model card included) and an optional push to the Hub.
+from a pure function of the step, forward, loss over the global batch and backward, in micro-batches with
+`--gradient_accumulation_steps` (training/step.py), clip, AdamW step, logit-scale clamp, logging, checkpoints,
+periodic zero-shot evaluation); then the final evaluation, a complete Hugging Face folder in `output_dir/model`
+(model card included) and an optional push to the Hub.
 """
 
 from __future__ import annotations
@@ -44,14 +45,18 @@ from training.checkpointing import (
     save_checkpoint,
 )
 from training.config import ConfigError, TrainingConfig, parse_args
-from training.data import (Collator, DataSpec, TrainingSamples, build_train_dataloader, load_train_dataset,
-                           validate_dataset)
+from training.data import Collator, DataSpec
+from training.inputs import load_training_data, stream_state_files
+from training.ema import create_ema, update_ema
 from training.losses import ReinforcedCLIPLoss
 from training.run_guard import guard_output_dir
+from training.step import OnlineTeachers, accumulate_gradients, micro_batch_size, normalize_views
 
 
 DEFAULT_TEACHER_LOGIT_SCALE = 100.0  # MobileCLIP v1's teachers (OpenAI / DataComp-XL ViT-L-14)
 HISTORY_FILE = "train_history.jsonl"
+# Metric-name prefixes of the periodic evaluation of the raw weights and of their EMA (ema_decay).
+EVAL_PREFIXES = {"raw": "eval/", "ema": "eval_ema/"}
 OnGradients = Callable[[int, nn.Module, dict[str, torch.Tensor]], None]
 
 
@@ -143,47 +148,6 @@ def set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
                 module.eval()
 
 
-def normalize_views(views: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8 (B, 3, S, S) views -> the student's normalised float input."""
-    pixels = (views.float().div_(255.0) - mean) / std
-    return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
-
-
-class OnlineTeachers:
-    """The teacher ensemble of mode `online`: embeds the student's own views and captions in the loop."""
-
-    def __init__(self, specs: list[str], device: torch.device, mixed_precision: str):
-        from dataset_scripts.teachers import load_teachers
-
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
-        self.teachers = load_teachers(specs, device, dtype)
-        self.dims = [teacher.dim for teacher in self.teachers]
-
-    def __call__(
-        self, views: torch.Tensor, caption_batches: list[list[str]]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        image = torch.cat([t.encode_images(views) for t in self.teachers], dim=-1)
-        texts = [torch.cat([t.encode_texts(captions) for t in self.teachers], dim=-1) for captions in caption_batches]
-        return image, texts
-
-
-def training_losses(model: nn.Module, batch: dict[str, Any], loss_fn: ReinforcedCLIPLoss, logit_scale: torch.Tensor,
-                    normalize: Callable[[torch.Tensor], torch.Tensor], teachers: OnlineTeachers | None) -> dict:
-    """One forward over (image, ground-truth caption) and, if present, (same image, synthetic caption)."""
-    text_keys = [key for key in ("input_ids", "syn_input_ids") if key in batch]
-    input_ids = torch.cat([batch[key] for key in text_keys])
-    outputs = model(input_ids=input_ids, pixel_values=normalize(batch["pixel_values"]), return_dict=True)
-    text_embeds = list(outputs.text_embeds.split(batch["input_ids"].shape[0]))
-    teacher_image, teacher_texts = None, None
-    if teachers is not None:
-        captions = [batch["captions"]] + ([batch["syn_captions"]] if "syn_captions" in batch else [])
-        teacher_image, teacher_texts = teachers(batch["pixel_values"], captions)
-    elif "image_emb" in batch:
-        teacher_image = batch["image_emb"]
-        teacher_texts = [batch["text_emb"]] + ([batch["syn_text_emb"]] if len(text_keys) > 1 else [])
-    return loss_fn(outputs.image_embeds, text_embeds, logit_scale, teacher_image, teacher_texts)
-
-
 class PeriodicEvaluation:
     """Zero-shot classification on a small held-out set with the `evaluation` package (CLIP_benchmark semantics)."""
 
@@ -204,8 +168,16 @@ class PeriodicEvaluation:
             # String labels without a class list: the classes are the distinct labels, named by themselves.
             self.classnames = {label: label for label in sorted(set(self.loaded.dataset[column]))}
 
+    def __call__(self, model: MobileCLIPModel, processor: Any,
+                 ema_model: MobileCLIPModel | None = None) -> dict[str, float]:
+        """`eval/...` metrics of `model` and, with an EMA, `eval_ema/...` metrics of its EMA copy."""
+        metrics = self.zero_shot(model, processor, EVAL_PREFIXES["raw"])
+        if ema_model is not None:
+            metrics.update(self.zero_shot(ema_model, processor, EVAL_PREFIXES["ema"]))
+        return metrics
+
     @torch.no_grad()
-    def __call__(self, model: MobileCLIPModel, processor: Any) -> dict[str, float]:
+    def zero_shot(self, model: MobileCLIPModel, processor: Any, prefix: str) -> dict[str, float]:
         from evaluation.zero_shot import evaluate_zero_shot
 
         known_loaders = len(self.accelerator._dataloaders)
@@ -221,7 +193,14 @@ class PeriodicEvaluation:
             # evaluate_zero_shot prepares its own loaders; do not let them pile up in the accelerator.
             del self.accelerator._dataloaders[known_loaders:]
             model.train(was_training)
-        return {f"eval/{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        return {f"{prefix}{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+
+
+def metrics_of_weights(metrics: dict[str, Any], weights: str) -> dict[str, Any]:
+    """The model-card metrics of a saved folder holding the `weights` ("raw" or "ema"): the training metrics and the
+    evaluation of those weights, without the evaluation of the other ones."""
+    others = tuple(prefix for name, prefix in EVAL_PREFIXES.items() if name != weights)
+    return {name: value for name, value in metrics.items() if not name.startswith(others)}
 
 
 class MetricsWindow:
@@ -276,18 +255,19 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
     )
     _check_launch(accelerator)
     global_batch, per_device = resolve_batch_sizes(config, accelerator.num_processes)
+    micro_batch = micro_batch_size(per_device, config.gradient_accumulation_steps)
     if config.sync_batchnorm and accelerator.device.type != "cuda":
         raise ConfigError("sync_batchnorm needs GPUs (torch SyncBatchNorm does not run on CPU); use freeze_batchnorm.")
     output_dir = Path(config.output_dir)
 
-    # Data and teachers, validated before any model is built.
-    with accelerator.main_process_first():
-        dataset = load_train_dataset(config)
+    # Teachers and data (map-style or streaming, training/inputs.py), validated before any model is built.
     teachers = None
     if config.mode == "online":
         with accelerator.main_process_first():
             teachers = OnlineTeachers(config.teachers, accelerator.device, config.mixed_precision)
-    spec = validate_dataset(dataset, config, teachers.dims if teachers else None)
+    with accelerator.main_process_first():
+        data = load_training_data(config, teachers.dims if teachers else None)
+    spec = data.spec
     kd_weight = config.resolved_kd_weight()
     teacher_scales = resolve_teacher_logit_scales(config, spec)
     resolved = {
@@ -300,6 +280,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
         "teacher_dims_resolved": [] if config.mode == "clip" else spec.teacher_dims,
         "teacher_logit_scales_resolved": teacher_scales,
         "use_synthetic_captions_resolved": spec.use_synthetic_captions,
+        **data.resolved(config, global_batch),
     }
     # Before anything is written: output_dir must be empty or hold this same run (see training/run_guard.py).
     guard_output_dir(output_dir, resolved, bool(config.resume_from_checkpoint), config.overwrite_output_dir,
@@ -323,6 +304,10 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: MobileCLIPModel = accelerator.unwrap_model(model)
+    # Copied from the prepared model (its device and memory format), so the EMA starts at the initial weights; on
+    # resume, load_checkpoint overwrites it with the saved EMA.
+    ema = create_ema(unwrapped, config.ema_decay) if config.ema_decay is not None else None
+    ema_model: MobileCLIPModel | None = ema.module if ema is not None else None
     # Not registered with accelerator.register_for_checkpointing: accelerate would unpickle it with
     # weights_only=False on resume. training.checkpointing saves and restores it as JSON.
     state = TrainingState()
@@ -330,7 +315,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
     resume_path = resolve_resume_path(config)
     if resume_path is not None:
         check_resume_compatible(resume_path, resolved)
-        state.step = load_checkpoint(accelerator, resume_path, model, optimizer)
+        state.step = load_checkpoint(accelerator, resume_path, model, optimizer, ema=ema_model)
         accelerator.print(f"Resumed from {resume_path} at step {state.step}.")
     history = []
     if accelerator.is_main_process:
@@ -339,12 +324,10 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
         if history or (output_dir / HISTORY_FILE).exists():
             (output_dir / HISTORY_FILE).write_text("".join(json.dumps(row) + "\n" for row in history))
 
-    samples = TrainingSamples(dataset, config, spec, unwrapped.config.image_size, unwrapped.config.resample,
-                              processor.tokenizer, keep_text=teachers is not None)
-    loader, sampler = build_train_dataloader(
-        samples, Collator(processor.tokenizer, keep_text=teachers is not None), config, global_batch,
-        accelerator.process_index, accelerator.num_processes, state.step,
-    )
+    views = data.build_views(config, unwrapped.config.image_size, unwrapped.config.resample, processor.tokenizer)
+    loader = data.loader(views, Collator(processor.tokenizer, keep_text=teachers is not None), config, global_batch,
+                         accelerator.process_index, accelerator.num_processes, state.step, resume_path,
+                         log=accelerator.print)
     loss_fn = ReinforcedCLIPLoss(
         kd_weight, spec.teacher_dims if kd_weight else (), teacher_scales if kd_weight else (),
         local_loss=config.local_loss, rank=accelerator.process_index, world_size=accelerator.num_processes,
@@ -355,10 +338,12 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
     def normalize(views: torch.Tensor) -> torch.Tensor:
         return normalize_views(views, mean, std, config.channels_last)
 
+    in_micro_batches = "" if config.gradient_accumulation_steps == 1 else \
+        f" (in {config.gradient_accumulation_steps} micro-batches of {micro_batch})"
     accelerator.print(
-        f"mode {config.mode} | {config.variant} | {spec.num_rows} rows, {sampler.steps_per_epoch} steps/epoch | "
-        f"global batch {global_batch} = {accelerator.num_processes} x {per_device} | lambda {kd_weight} | "
-        f"teachers {resolved['teachers_resolved']} (scales {teacher_scales}) | "
+        f"mode {config.mode} | {config.variant} | {data.describe(global_batch)} | "
+        f"global batch {global_batch} = {accelerator.num_processes} x {per_device}{in_micro_batches} | "
+        f"lambda {kd_weight} | teachers {resolved['teachers_resolved']} (scales {teacher_scales}) | "
         f"synthetic captions {spec.use_synthetic_captions} (caption_mode {config.caption_mode}) | "
         f"{config.max_steps} steps"
     )
@@ -378,8 +363,8 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        losses = training_losses(model, batch, loss_fn, unwrapped.logit_scale, normalize, teachers)
-        accelerator.backward(losses["loss"])
+        losses = accumulate_gradients(model, batch, loss_fn, unwrapped.logit_scale, normalize, teachers,
+                                      config.gradient_accumulation_steps, accelerator)
         if on_gradients is not None:
             on_gradients(state.step, unwrapped, losses)
         grad_norm = None
@@ -389,6 +374,8 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             unwrapped.logit_scale.clamp_(0.0, max_log_scale)
+        if ema is not None:  # after the clamp: the EMA averages the weights the model evaluates with
+            update_ema(ema, unwrapped)
         state.step += 1
 
         logged = torch.stack([losses["loss"].detach(), losses["clip_loss"], losses["distill_loss"]])
@@ -410,10 +397,11 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
         progress.update(1)
 
         if config.save_steps and state.step % config.save_steps == 0 and state.step < config.max_steps:
-            save_checkpoint(accelerator, output_dir, state.step, resolved, config.save_total_limit, model, optimizer)
+            save_checkpoint(accelerator, output_dir, state.step, resolved, config.save_total_limit, model, optimizer,
+                            ema=ema_model, process_files=stream_state_files(loader, accelerator.process_index))
         if evaluation is not None and config.eval_steps and state.step % config.eval_steps == 0 \
                 and state.step < config.max_steps:
-            metrics = evaluation(unwrapped, processor)
+            metrics = evaluation(unwrapped, processor, ema_model)
             set_train_mode(model, config.freeze_batchnorm)
             accelerator.log(metrics, step=state.step)
             accelerator.print(f"step {state.step}: {metrics}")
@@ -423,7 +411,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
     progress.close()
 
     if evaluation is not None:
-        metrics = evaluation(unwrapped, processor)
+        metrics = evaluation(unwrapped, processor, ema_model)
         accelerator.log(metrics, step=state.step)
         accelerator.print(f"final: {metrics}")
     if history:
@@ -434,7 +422,15 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
     if accelerator.is_main_process:
         from training.hub import push_folder, save_trained_model
 
-        save_trained_model(unwrapped, processor, model_dir, resolved, metrics, config.save_reparameterized)
+        # `model` (the folder that is pushed) holds the weights save_ema_weights selects; with an EMA the other
+        # weights become `model_raw` / `model_ema`, a folder as complete and loadable as `model`.
+        selected = "ema" if config.save_ema_weights else "raw"
+        for weights, module in {"raw": unwrapped, "ema": ema_model}.items():
+            if module is None:
+                continue
+            folder = model_dir if weights == selected else output_dir / f"model_{weights}"
+            save_trained_model(module, processor, folder, {**resolved, "saved_weights": weights},
+                               metrics_of_weights(metrics, weights), config.save_reparameterized)
         if config.push_to_hub:
             url = push_folder(model_dir, config.hub_model_id, config.hub_private,
                               f"MobileCLIP {config.variant}, {config.mode} training, step {state.step}")
