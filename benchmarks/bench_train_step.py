@@ -35,7 +35,8 @@ from accelerate import Accelerator  # noqa: E402
 from evaluation.latency import OPEN_CLIP_PEERS, seconds_per_call  # noqa: E402
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel  # noqa: E402
 from training.losses import ReinforcedCLIPLoss  # noqa: E402
-from training.train import OnlineTeachers, normalize_views, parameter_groups, training_losses  # noqa: E402
+from training.step import OnlineTeachers, compute_features, compute_losses, normalize_views  # noqa: E402
+from training.train import parameter_groups  # noqa: E402
 
 
 CAPTIONS = ["a photo of a dog playing in the snow", "an emoji of a smiling face with sunglasses",
@@ -62,7 +63,7 @@ def make_batch(config: MobileCLIPConfig, batch_size: int, teacher_dims: list[int
         return torch.cat(parts, dim=-1).half()
 
     batch = {
-        "pixel_values": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator),
+        "views": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator),
         "input_ids": tokens(lengths[0]), "syn_input_ids": tokens(lengths[1]),
         "image_emb": teacher(batch_size), "text_emb": teacher(batch_size), "syn_text_emb": teacher(batch_size),
     }
@@ -118,8 +119,8 @@ class OurStep(TrainingStep):
         self.normalize = lambda views: normalize_views(views, mean, std, channels_last)
 
     def __call__(self) -> float:
-        losses = training_losses(self.model, self.batch, self.loss_fn, self.unwrapped.logit_scale, self.normalize,
-                                 self.teachers)
+        features = compute_features(self.model, self.batch, self.normalize, self.teachers)
+        losses = compute_losses(self.loss_fn, features, self.unwrapped.logit_scale)
         return self._update(losses["loss"])
 
 
@@ -135,7 +136,7 @@ class OpenCLIPStep(TrainingStep):
         self._prepare(open_clip.create_model(OPEN_CLIP_PEERS[variant], pretrained=None), accelerator, channels_last,
                       compile_model)
         self.loss_fn = ClipLoss()
-        pixels = batch["pixel_values"].float() / 255.0
+        pixels = batch["views"].float() / 255.0
         self.images = pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
         self.texts = batch["input_ids"]
 

@@ -126,6 +126,29 @@ def _run(command, timeout=240, **env):
     return result
 
 
+def _launch_two_processes(driver: Path, dump_dir: Path, args: list[str]):
+    """`accelerate launch` of the driver on 2 CPU processes (gloo), as the training README shows."""
+    return _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                 "--main_process_port", str(_free_port()), str(driver), str(dump_dir), *args],
+                ACCELERATE_USE_CPU="true")
+
+
+def _kill_when_paused(command: list[str], dump_dir: Path, pause_at: int, timeout: float = 240) -> None:
+    """Runs `command` (the driver) until it pauses at step `pause_at`, then SIGKILLs it: a crash mid-training."""
+    process = subprocess.Popen(command, env=_env(PAUSE_AT_STEP=str(pause_at)), cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (dump_dir / "paused").exists():
+            assert process.poll() is None, f"run ended before the kill:\n{process.stderr.read()[-4000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for step {pause_at}"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+
+
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -333,10 +356,7 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(reinforced_
     for folder in (one, two):
         folder.mkdir()
     _run([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
-    launched = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-          "--main_process_port", str(_free_port()), str(driver), str(two), *common, "--output_dir", str(two / "out")],
-         ACCELERATE_USE_CPU="true")
+    launched = _launch_two_processes(driver, two, [*common, "--output_dir", str(two / "out")])
     assert "global batch 8 = 2 x 4" in launched.stdout, launched.stdout[-2000:]
 
     reference = torch.load(one / "step0_rank0.pt")
@@ -362,17 +382,7 @@ def test_kill_mid_training_then_resume_latest_equals_uninterrupted_run(reinforce
     crashed.mkdir()
     command = [sys.executable, str(driver), str(crashed), *common, "--output_dir", str(crashed / "out"),
                "--resume_from_checkpoint", "latest"]
-    process = subprocess.Popen(command, env=_env(PAUSE_AT_STEP="7"), cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not (crashed / "paused").exists():
-            assert process.poll() is None, f"run ended before the kill:\n{process.stderr.read()[-4000:]}"
-            assert time.monotonic() < deadline, "timed out waiting for step 7"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
+    _kill_when_paused(command, crashed, 7)
     checkpoints = sorted(p.name for p in (crashed / "out" / "checkpoints").iterdir())
     assert checkpoints == ["step_3", "step_6"], checkpoints
     assert not (crashed / "out" / "model").exists()

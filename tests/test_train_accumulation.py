@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from model_helpers import perturb_
-from test_train import TINY, _driver, _free_port, _run, _tiny_config, _weights, build_reinforced_dataset
+from test_train import TINY, _driver, _launch_two_processes, _run, _tiny_config, _weights, build_reinforced_dataset
 from torch_threads import single_torch_thread  # noqa: F401  (one intra-op thread for the tiny models)
 
 
@@ -315,11 +315,8 @@ def test_two_processes_in_micro_batches_with_local_loss_equal_one_process(tmp_pa
     for folder in (one, two):
         folder.mkdir()
     _run([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
-    launched = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                     "--main_process_port", str(_free_port()), str(driver), str(two), *common,
-                     "--gradient_accumulation_steps", "2", "--output_dir", str(two / "out")],
-                    ACCELERATE_USE_CPU="true")
+    launched = _launch_two_processes(driver, two, [*common, "--gradient_accumulation_steps", "2",
+                                                  "--output_dir", str(two / "out")])
     assert "global batch 8 = 2 x 4 (in 2 micro-batches of 2)" in launched.stdout, launched.stdout[-2000:]
 
     reference = torch.load(one / "step0_rank0.pt")

@@ -97,3 +97,15 @@ def test_weight_decay_skips_biases_norms_layer_scales_and_logit_scale():
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.2, 0.0)
 
 
+
+
+def test_every_configuration_key_is_documented_in_the_readme_table():
+    import dataclasses
+
+    from conftest import REPO_ROOT
+    from training.config import TrainingConfig
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme.split("### Configuration keys", 1)[1].split("\n### ", 1)[0]
+    missing = [f.name for f in dataclasses.fields(TrainingConfig) if f"| `{f.name}` |" not in table]
+    assert not missing, f"README.md's configuration-keys table lacks {missing}"

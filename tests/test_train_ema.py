@@ -7,10 +7,7 @@ here in float64 from the weights the run went through, never the training code's
 
 import json
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +15,8 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import EMOJI, REPO_ROOT
-from test_train import TINY, _driver, _env, _run, _weights, build_reinforced_dataset
+from conftest import EMOJI
+from test_train import TINY, _driver, _kill_when_paused, _run, _weights, build_reinforced_dataset
 
 
 @pytest.fixture(scope="module")
@@ -108,17 +105,7 @@ def test_killed_and_resumed_ema_run_equals_the_uninterrupted_run_for_raw_and_ema
     crashed.mkdir()
     command = [sys.executable, str(driver), str(crashed), *common, "--output_dir", str(crashed / "out"),
                "--resume_from_checkpoint", "latest"]
-    process = subprocess.Popen(command, env=_env(PAUSE_AT_STEP="4"), cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not (crashed / "paused").exists():
-            assert process.poll() is None, f"run ended before the kill:\n{process.stderr.read()[-4000:]}"
-            assert time.monotonic() < deadline, "timed out waiting for step 4"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
+    _kill_when_paused(command, crashed, 4)
     checkpoint = crashed / "out" / "checkpoints" / "step_3"
     assert (checkpoint / "ema.safetensors").is_file() and not (crashed / "out" / "model").exists()
 

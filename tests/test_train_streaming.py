@@ -232,7 +232,7 @@ def test_official_shards_join_their_images_on_the_fly_and_match_our_format(offic
 def test_streaming_on_two_processes_trains_the_weights_of_one_process(sharded, tmp_path):
     """gloo DDP on 2 CPU processes vs 1 process, streaming 4 slots at global batch 8 (BatchNorm frozen: without
     SyncBatchNorm each process would normalise with its own half-batch statistics)."""
-    from test_train import TINY, _driver, _free_port, _run, _weights
+    from test_train import TINY, _driver, _launch_two_processes, _run, _weights
 
     driver = _driver(tmp_path)
     common = [*TINY, "--train_data", str(sharded), "--streaming", "--stream_slots", "4", "--max_steps", "3",
@@ -243,10 +243,7 @@ def test_streaming_on_two_processes_trains_the_weights_of_one_process(sharded, t
         folder.mkdir()
     single = _run([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
     assert f"streaming {SHARDS} parquet shards" in single.stdout
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-          "--main_process_port", str(_free_port()), str(driver), str(two), *common, "--output_dir", str(two / "out")],
-         ACCELERATE_USE_CPU="true")
+    _launch_two_processes(driver, two, [*common, "--output_dir", str(two / "out")])
     reference, distributed = _weights(one / "out" / "model"), _weights(two / "out" / "model")
     assert reference.keys() == distributed.keys()
     for name in reference:
@@ -254,12 +251,7 @@ def test_streaming_on_two_processes_trains_the_weights_of_one_process(sharded, t
 
 
 def test_streaming_run_killed_and_resumed_equals_the_uninterrupted_run(sharded, tmp_path):
-    import signal
-    import subprocess
-    import time
-
-    from conftest import REPO_ROOT
-    from test_train import TINY, _driver, _env, _run, _weights
+    from test_train import TINY, _driver, _kill_when_paused, _run, _weights
 
     driver = _driver(tmp_path)
     # 4 slots of 12 rows at 2 rows per slot and step: an epoch is 6 steps; the kill lands mid-epoch, mid-block.
@@ -272,17 +264,7 @@ def test_streaming_run_killed_and_resumed_equals_the_uninterrupted_run(sharded, 
     _run([sys.executable, str(driver), str(uninterrupted), *common, "--output_dir", str(uninterrupted / "out")])
     command = [sys.executable, str(driver), str(crashed), *common, "--output_dir", str(crashed / "out"),
                "--resume_from_checkpoint", "latest"]
-    process = subprocess.Popen(command, env=_env(PAUSE_AT_STEP="6"), cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not (crashed / "paused").exists():
-            assert process.poll() is None, f"run ended before the kill:\n{process.stderr.read()[-4000:]}"
-            assert time.monotonic() < deadline, "timed out waiting for step 6"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
+    _kill_when_paused(command, crashed, 6)
     checkpoint = crashed / "out" / "checkpoints" / "step_4"
     assert sorted(p.name for p in checkpoint.glob("stream_state_*.json")) == ["stream_state_0.json"]
     resumed = _run(command)
@@ -305,3 +287,15 @@ def test_official_shards_train_directly(official, tmp_path, fresh_accelerate_sta
                    str(tmp_path / "out")])
     assert result.step == 3 and result.history[-1]["distill_loss"] > 0
     assert load_file(str(result.model_dir / "model.safetensors"))
+
+
+def test_streaming_is_automatic_for_tar_patterns_and_hub_ids_only(sharded):
+    from training.streaming import use_streaming
+
+    def streams(train_data, **values):
+        return use_streaming(stream_config(train_data, **{"streaming": None, **values}))
+
+    assert streams("/data/DataCompDR-12M/*.tar") and streams("/data/shards/{00000..01023}.tar")
+    assert streams("apple/DataCompDR-12M")  # not a local path: a Hub dataset id
+    assert not streams(str(sharded)) and not streams(str(sharded / "data" / "train-00000.parquet"))
+    assert not streams("apple/DataCompDR-12M", streaming=False) and streams(str(sharded), streaming=True)

@@ -27,7 +27,7 @@ from .config import ConfigError
 
 RUN_FINGERPRINT_FILE = "run_fingerprint.json"
 # What a run writes into output_dir (besides the tracker folder `project_name`), i.e. what overwrite removes.
-RUN_OUTPUTS = ("model", "train_history.jsonl", "checkpoints", RUN_FINGERPRINT_FILE)
+RUN_OUTPUTS = ("model", "model_raw", "model_ema", "train_history.jsonl", "checkpoints", RUN_FINGERPRINT_FILE)
 
 
 def run_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,13 @@ Modes (`--mode`): `reinforced` (default; CLIP + distillation against the teacher
 the MobileCLIP recipe), `clip` (no teacher: the baseline), `online` (the teachers run inside the loop on the same
 views: for comparison and for data that has not been reinforced).
 
-Steps, in order: Accelerator; input validation (data columns vs mode, teacher dims vs stored embeddings, batch size
-vs processes); model, optimizer, `accelerator.prepare`; resume (`--resume_from_checkpoint latest`); the loop (lr
+Steps, in order: Accelerator; the data, map-style or streaming (training/inputs.py), validated with the teachers
+(data columns vs mode, teacher dims vs stored embeddings, batch size vs processes); model, optimizer,
+`accelerator.prepare`, the weights' EMA (`--ema_decay`); resume (`--resume_from_checkpoint latest`); the loop (lr
 from a pure function of the step, forward, loss over the global batch and backward, in micro-batches with
-`--gradient_accumulation_steps` (training/step.py), clip, AdamW step, logit-scale clamp, logging, checkpoints,
-periodic zero-shot evaluation); then the final evaluation, a complete Hugging Face folder in `output_dir/model`
-(model card included) and an optional push to the Hub.
+`--gradient_accumulation_steps` (training/step.py), clip, AdamW step, logit-scale clamp, EMA update, logging,
+checkpoints, periodic zero-shot evaluation of the weights and their EMA); then the final evaluation, a complete
+Hugging Face folder in `output_dir/model` (model card included) and an optional push to the Hub.
 """
 
 from __future__ import annotations
