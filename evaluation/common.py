@@ -239,8 +239,17 @@ def report_results(accelerator: Accelerator, model: torch.nn.Module, args: argpa
 
 
 def build_dataloader(dataset, collate: Callable, batch_size: int, num_workers: int, accelerator: Accelerator):
-    """A sharded, ordered DataLoader over a map-style dataset (`gather_for_metrics` restores the order)."""
+    """A sharded, ordered DataLoader over a map-style dataset (`gather_for_metrics` restores the order).
+
+    Sharded with accelerate's `prepare_data_loader` rather than `accelerator.prepare`, which would also register it
+    for checkpointing: evaluation loaders are transient, and an evaluation inside a training run must leave the
+    run's accelerator as it found it.
+    """
+    from accelerate.data_loader import prepare_data_loader
+
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
     )
-    return accelerator.prepare(loader)
+    return prepare_data_loader(loader, accelerator.device, num_processes=accelerator.num_processes,
+                               process_index=accelerator.process_index, put_on_device=True,
+                               even_batches=accelerator.even_batches)

@@ -33,6 +33,13 @@ class TrainingData:
     dataset: datasets.Dataset | None = None
     source: StreamSource | None = None
 
+    @classmethod
+    def from_dataset(cls, dataset: datasets.Dataset, config: TrainingConfig,
+                     online_teacher_dims: list[int] | None = None) -> "TrainingData":
+        """A `datasets.Dataset` already in hand (built in memory, filtered, concatenated ...), validated as
+        `train_data` would be (mode `reinforced` still reads the teachers from the card of `config.train_data`)."""
+        return cls(validate_dataset(dataset, config, online_teacher_dims), dataset=dataset)
+
     @property
     def streaming(self) -> bool:
         return self.source is not None
@@ -79,8 +86,7 @@ def load_training_data(config: TrainingConfig, online_teacher_dims: list[int] | 
     if use_streaming(config):
         source, spec = prepare_stream(config, online_teacher_dims)
         return TrainingData(spec, source=source)
-    dataset = load_train_dataset(config)
-    return TrainingData(validate_dataset(dataset, config, online_teacher_dims), dataset=dataset)
+    return TrainingData.from_dataset(load_train_dataset(config), config, online_teacher_dims)
 
 
 def stream_state_files(loader: Any, rank: int) -> dict[str, str]:

@@ -47,7 +47,7 @@ from training.checkpointing import (
 )
 from training.config import ConfigError, TrainingConfig, parse_args
 from training.data import Collator, DataSpec
-from training.inputs import load_training_data, stream_state_files
+from training.inputs import TrainingData, load_training_data, stream_state_files
 from training.ema import create_ema, update_ema
 from training.losses import ReinforcedCLIPLoss
 from training.run_guard import guard_output_dir
@@ -69,6 +69,11 @@ class TrainingResult:
     history: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     model_dir: Path | None = None
+    """`output_dir/model`: the saved folder (the EMA weights with `save_ema_weights`)."""
+    model: MobileCLIPModel | None = None
+    """The trained model in memory (raw weights; unwrapped from DDP/compile)."""
+    ema_model: MobileCLIPModel | None = None
+    """Its EMA (`ema_decay`), or None."""
 
 
 def resolve_batch_sizes(config: TrainingConfig, num_processes: int) -> tuple[int, int]:
@@ -181,7 +186,6 @@ class PeriodicEvaluation:
     def zero_shot(self, model: MobileCLIPModel, processor: Any, prefix: str) -> dict[str, float]:
         from evaluation.zero_shot import evaluate_zero_shot
 
-        known_loaders = len(self.accelerator._dataloaders)
         was_training = model.training
         model.eval()
         try:
@@ -191,8 +195,6 @@ class PeriodicEvaluation:
                 batch_size=self.config.eval_batch_size,
             )
         finally:
-            # evaluate_zero_shot prepares its own loaders; do not let them pile up in the accelerator.
-            del self.accelerator._dataloaders[known_loaders:]
             model.train(was_training)
         return {f"{prefix}{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
 
@@ -246,8 +248,17 @@ def _read_history(path: Path, up_to_step: int) -> list[dict]:
     return [row for row in rows if row["step"] <= up_to_step]
 
 
-def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> TrainingResult:
-    """Runs (or resumes) one training run; see the module docstring for the order of the steps."""
+def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
+          data: TrainingData | None = None) -> TrainingResult:
+    """Runs (or resumes) one training run; see the module docstring for the order of the steps.
+
+    Args:
+        config: The run's settings.
+        on_gradients: Called after each step's backward with (step, model, losses), before clipping and the
+            optimizer step (gradients inspection, tests).
+        data: Training data the caller prepared (`training.inputs.TrainingData.from_dataset` for a `datasets.Dataset`
+            in memory, or `load_training_data`); default: `load_training_data(config)`, which reads `train_data`.
+    """
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         log_with=config.trackers or None,
@@ -266,8 +277,9 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
     if config.mode == "online":
         with accelerator.main_process_first():
             teachers = OnlineTeachers(config.teachers, accelerator.device, config.mixed_precision)
-    with accelerator.main_process_first():
-        data = load_training_data(config, teachers.dims if teachers else None)
+    if data is None:
+        with accelerator.main_process_first():
+            data = load_training_data(config, teachers.dims if teachers else None)
     spec = data.spec
     kd_weight = config.resolved_kd_weight()
     teacher_scales = resolve_teacher_logit_scales(config, spec)
@@ -439,7 +451,8 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None) -> Tr
     # Waiting before end_training avoids a rare gloo abort at interpreter exit on multi-process CPU runs.
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainingResult(step=state.step, history=history, metrics=metrics, model_dir=model_dir)
+    return TrainingResult(step=state.step, history=history, metrics=metrics, model_dir=model_dir, model=unwrapped,
+                          ema_model=ema_model)
 
 
 def main(argv: list[str] | None = None, on_gradients: OnGradients | None = None) -> TrainingResult:
