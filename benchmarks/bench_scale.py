@@ -196,7 +196,7 @@ def stream_section(args) -> None:
     import pyarrow.parquet as pq
 
     from benchmarks.bench_loader import build_dataset
-    from dataset_scripts.dr_format import shard_filename
+    from dataset_scripts.dr_format import DICTIONARY_COLUMNS, shard_filename
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
@@ -212,7 +212,8 @@ def stream_section(args) -> None:
         single.unlink()
         per_shard = table.num_rows // args.stream_shards
         for index in range(args.stream_shards):
-            pq.write_table(table.slice(index * per_shard, per_shard), root / shard_filename("train", index, 0))
+            pq.write_table(table.slice(index * per_shard, per_shard), root / shard_filename("train", index, 0),
+                           use_dictionary=list(DICTIONARY_COLUMNS))  # as the format's writer encodes them
         print(f"{'workers':>7} | {'map-style':>10} | {'streaming':>10} | per core map / stream | stream / map")
         for workers in args.workers:
             best = {False: 0.0, True: 0.0}

@@ -7,7 +7,14 @@ Modules (imported on demand, so `import dataset_scripts` stays cheap):
     teachers         CLIP teacher specs (`open_clip:ARCH:PRETRAINED`, `hf:PATH_OR_ID`)
     captioners       synthetic-caption generators (`open_clip:COCA:TAG`, `hf:PATH_OR_ID`, `column:NAME`, `none`)
     reinforce        `python -m dataset_scripts.reinforce`: the resumable, multi-GPU reinforcement pipeline
+    sample_stream    reinforce's source side: source -> units -> decoded, augmented samples (bad rows skipped)
+    reinforce_compute reinforce's model side: captioner and teacher ensemble on the stream's batches
+    run_state        resume state, report, part writing and process coordination (reinforce, convert_official)
+    ownership        who owns an output folder; duplicated uids
     official         Apple's WebDataset shards: reader and writer
     convert_official `python -m dataset_scripts.convert_official`: official shards → our Parquet format
     training_view    `ReinforcedTrainingView`: per-sample replay + caption draw + float16 teacher targets
+    atomic           atomic file and folder writes (every writer of datasets, checkpoints and run records)
+    hub_push         the one upload of a folder to the Hub (datasets here, models in `training.hub`)
+    pixels           `(pixels - mean) / std` with the model processor's mean/std
 """

@@ -33,13 +33,13 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from .augmentation import AugmentationConfig, decode_rgb
-from .dr_format import ReinforcementMetadata, TeacherInfo, card_split_sizes, shard_filename, write_dataset_card
-from .dr_format import write_parquet_shard
+from .dr_format import ReinforcementMetadata, TeacherInfo, shard_filename
+from .hub_push import push_reinforced_dataset
 from .official import MISSING_IMAGE, OFFICIAL_CAPTIONER, OFFICIAL_TEACHERS, expand_shards, iter_joined_samples
 from .official import pair_image_shards
-from .ownership import claim_output, record_card
-from .reinforce import SKIP_EMPTY_CAPTION, SKIP_UNDECODABLE, push_to_hub
-from .run_state import STATE_DIR, part_state_path, read_part_states, state_dir, write_json_atomic, write_report
+from .ownership import claim_output
+from .run_state import (SKIP_EMPTY_CAPTION, SKIP_UNDECODABLE, STATE_DIR, has_part_states, read_part_states,
+                        skipped_sample, write_part, write_report, write_split_card)
 
 SKIP_MISSING_IMAGE = MISSING_IMAGE
 SKIP_SHA256_MISMATCH = "sha256_mismatch"
@@ -71,20 +71,22 @@ def build_metadata(sample: dict, args: argparse.Namespace) -> ReinforcementMetad
     )
 
 
-def skip_reason(sample: dict, verify_images: bool, verify_sha256: bool = False) -> dict[str, str] | None:
+def skip_reason(sample: dict, verify_images: bool,
+                verify_sha256: bool = False) -> tuple[str, BaseException | None] | None:
+    """Why `sample` cannot be converted, and the error behind it (an undecodable image); None: it can."""
     if sample["image"] is None:
-        return {"reason": SKIP_MISSING_IMAGE}
+        return SKIP_MISSING_IMAGE, None
     if not sample["caption"]:
-        return {"reason": SKIP_EMPTY_CAPTION}
+        return SKIP_EMPTY_CAPTION, None
     expected = sample["json"].get("sha256")
     if verify_sha256 and expected and hashlib.sha256(sample["image"]).hexdigest() != expected:
         # The stored embeddings and crop boxes belong to the original bytes; a changed image would mismatch them.
-        return {"reason": SKIP_SHA256_MISMATCH}
+        return SKIP_SHA256_MISMATCH, None
     if verify_images:
         try:
             decode_rgb(sample["image"])
         except Exception as error:
-            return {"reason": SKIP_UNDECODABLE, "error": f"{type(error).__name__}: {error}"}
+            return SKIP_UNDECODABLE, error
     return None
 
 
@@ -111,10 +113,10 @@ def first_usable_metadata(pairs: list[tuple[str, str | None]], args: argparse.Na
     reasons: dict[str, int] = {}
     for shard, image_shard in pairs:
         for sample in iter_joined_samples(shard, image_shard, args.syn_key, keep_missing=True):
-            reason = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
-            if reason is None:
+            skip = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
+            if skip is None:
                 return build_metadata(sample, args)
-            reasons[reason["reason"]] = reasons.get(reason["reason"], 0) + 1
+            reasons[skip[0]] = reasons.get(skip[0], 0) + 1
     raise ValueError(f"No usable sample in {args.shards!r} (skipped: {reasons}); images must be downloaded first "
                      "and passed with --images (see the README's img2dataset recipe).")
 
@@ -128,20 +130,17 @@ def convert_shard(unit: int, shard: str, image_shard: str | None, metadata: Rein
         examples, skipped, rows = [], [], 0
         for row, sample in enumerate(iter_joined_samples(shard, image_shard, args.syn_key, keep_missing=True)):
             rows = row + 1
-            reason = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
-            if reason:
-                skipped.append({"uid": sample["uid"], "unit": unit, "row": row, **reason})
+            skip = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
+            if skip:
+                skipped.append(skipped_sample(sample["uid"], unit, row, *skip))
                 continue
             examples.append({k: sample[k] for k in ("uid", "image", "caption", "syn_captions", "aug_params",
                                                      "image_emb", "text_emb")})
-        if examples:
-            write_parquet_shard(examples, metadata, output / shard_filename(split, unit, 0))
-    except Exception as error:  # most errors name the shard already; those from writing the Parquet file do not
+        write_part(output, split, metadata, unit, 0, examples, skipped, rows, True, shard=shard,
+                   image_shard=image_shard)
+    except Exception as error:  # most errors name the shard already; those from writing its files do not
         error.add_note(f"while converting shard {shard!r} (unit {unit}, image shard {image_shard!r})")
         raise
-    write_json_atomic(part_state_path(output, split, unit, 0), {
-        "unit": unit, "part": 0, "rows": rows, "written": len(examples), "skipped": skipped,
-        "unit_finished": True, "shard": shard, "image_shard": image_shard})
     return unit
 
 
@@ -178,7 +177,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
     pairs = pair_image_shards(shards, expand_shards(args.images)) if args.images else [(s, None) for s in shards]
     metadata = first_usable_metadata(pairs, args)
     claim_output(output, output / STATE_DIR, split, shards_identity(args, pairs), metadata, args.overwrite,
-                 is_main=True, has_part_states=any(state_dir(output, split).glob("*.json")))
+                 is_main=True, has_part_states=has_part_states(output, split))
     done = converted_units(output, split)
     jobs = [(unit, shard, image_shard) for unit, (shard, image_shard) in enumerate(pairs) if unit not in done]
     with tqdm(total=len(pairs), initial=len(pairs) - len(jobs), desc="convert", unit="shard",
@@ -187,11 +186,9 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
             progress.update()
     states = read_part_states(output, split)
     entry = write_report(output, split, states, len(shards), {})
-    sizes = card_split_sizes(output)
-    sizes[split] = entry["written"]
-    record_card(output / STATE_DIR, write_dataset_card(output, metadata, sizes))
+    write_split_card(output, split, metadata, entry["written"])
     if args.push_to_hub:
-        push_to_hub(output, args.push_to_hub)
+        push_reinforced_dataset(output, args.push_to_hub)
     return entry
 
 

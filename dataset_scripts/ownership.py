@@ -26,8 +26,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+from .atomic import write_json_atomic
 from .dr_format import CARD_FILENAME, DATA_DIR, REPORT_FILENAME, ReinforcementMetadata
-from .run_state import write_json_atomic
 
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -143,8 +143,9 @@ def claim_output(output: Path, state_root: Path, split: str, identity: dict[str,
     """Refuse, or (with `overwrite`) clear, an output folder that is not this run's; record this run's ownership.
 
     Every process checks (read-only) and reaches the same verdict from the same files; only the main process
-    removes and writes. With `overwrite` all processes meet at `barrier` afterwards, so none starts reading the
-    folder's state while the main process is still clearing it.
+    removes and writes, after all processes meet at `barrier`: none may still be checking while the main process
+    clears the folder or writes its records (a check that saw `metadata.json.tmp` mid-write took it for a foreign
+    file and refused the run).
     """
     reasons, card_only = ownership_conflicts(output, state_root, split, identity, metadata, has_part_states)
     if reasons and not overwrite:
@@ -163,8 +164,7 @@ def claim_output(output: Path, state_root: Path, split: str, identity: dict[str,
                 f"{_listing(files)}")
             for entry in output.iterdir():
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    if overwrite:
-        barrier()
+    barrier()
     if is_main:
         if not (state_root / METADATA_FILE).is_file():
             write_json_atomic(state_root / METADATA_FILE, metadata.to_dict())
@@ -258,5 +258,6 @@ def check_written_uids(output: Path, split: str) -> None:
                          "(or without --streaming, with --drop-duplicate-uids).")
 
 
-__all__ = ["FINGERPRINT_FILE", "OutputOwnershipError", "check_written_uids", "claim_output", "describe_duplicates", "duplicated_uids",
-           "ownership_conflicts", "record_card", "record_split", "rows_to_keep", "source_identity", "without_duplicate_uids"]
+__all__ = ["FINGERPRINT_FILE", "OutputOwnershipError", "check_written_uids", "claim_output", "describe_duplicates",
+           "duplicated_uids", "ownership_conflicts", "record_card", "record_split", "rows_to_keep", "source_identity",
+           "without_duplicate_uids"]

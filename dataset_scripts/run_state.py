@@ -1,22 +1,29 @@
 """Resume state, report and process coordination shared by `reinforce` and `convert_official`.
 
 An output folder keeps one small JSON state file per written part under `.reinforce_state/<split>/`; the report
-and the resume point are both derived from those files, so they never disagree with what is on disk.
+and the resume point are both derived from those files, so they never disagree with what is on disk. A part is
+written in one order, each file atomically (`atomic.py`): its Parquet file, then its state file, so a crash leaves
+it either recorded as done or to be redone.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .dr_format import REPORT_FILENAME, ReinforcementMetadata
+from .atomic import write_json_atomic
+from .dr_format import (REPORT_FILENAME, ReinforcementMetadata, card_split_sizes, shard_filename, write_dataset_card,
+                        write_parquet_shard)
+from .ownership import record_card
 
 
 STATE_DIR = ".reinforce_state"
+# Why a source row was not written (the report counts samples by these; `official.MISSING_IMAGE` is another).
+SKIP_UNDECODABLE = "undecodable_image"
+SKIP_EMPTY_CAPTION = "empty_caption"
 
 
 @dataclass
@@ -36,11 +43,28 @@ def part_state_path(output: Path, split: str, unit: int, part: int) -> Path:
     return state_dir(output, split) / f"{unit:05d}-{part:04d}.json"
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+def has_part_states(output: Path, split: str) -> bool:
+    return any(state_dir(output, split).glob("*.json"))
+
+
+def skipped_sample(uid: str, unit: int, row: int, reason: str, error: BaseException | None = None) -> dict[str, Any]:
+    """A skipped source row as the report lists it; `error`: the exception that made the row unusable."""
+    record = {"uid": uid, "unit": unit, "row": row, "reason": reason}
+    if error is not None:
+        record["error"] = f"{type(error).__name__}: {error}"
+    return record
+
+
+def write_part(output: Path, split: str, metadata: ReinforcementMetadata, unit: int, part: int,
+               examples: Sequence[dict[str, Any]], skipped: list[dict[str, Any]], rows: int, unit_finished: bool,
+               **facts: Any) -> None:
+    """Write one part: its Parquet file (when it kept samples), then its state file (`rows` source rows read,
+    what was written and skipped, whether the unit ends here, plus `facts` such as the shard it came from)."""
+    if examples:
+        write_parquet_shard(examples, metadata, output / shard_filename(split, unit, part))
+    write_json_atomic(part_state_path(output, split, unit, part), {
+        "unit": unit, "part": part, "rows": rows, "written": len(examples), "skipped": skipped,
+        "unit_finished": unit_finished, **facts})
 
 
 def read_part_states(output: Path, split: str) -> list[dict[str, Any]]:
@@ -93,17 +117,12 @@ def write_report(output: Path, split: str, states: list[dict[str, Any]], num_uni
     return entry
 
 
-def check_metadata(output: Path, metadata: ReinforcementMetadata, is_main: bool) -> None:
-    """Refuse to resume into an output made with other settings; record the settings on the first run."""
-    path = output / STATE_DIR / "metadata.json"
-    if path.exists():
-        existing = ReinforcementMetadata.from_dict(json.loads(path.read_text()))
-        mismatches = metadata.resume_mismatches(existing)
-        if mismatches:
-            raise ValueError(f"{output} was reinforced with other settings; use a new --output or the same "
-                             f"settings. Differences: " + "; ".join(mismatches))
-    elif is_main:
-        write_json_atomic(path, metadata.to_dict())
+def write_split_card(output: Path, split: str, metadata: ReinforcementMetadata, written: int) -> None:
+    """The dataset card once a split is complete: its size now, the other splits' as the card recorded them;
+    remembered as this run's card (`ownership.record_card`)."""
+    split_sizes = card_split_sizes(output)
+    split_sizes[split] = written
+    record_card(output / STATE_DIR, write_dataset_card(output, metadata, split_sizes))
 
 
 # ----------------------------------------------------------------------------------------------- process failures

@@ -26,6 +26,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as torch_F
 
+from .pixels import normalize_pixels
+
 
 _OPEN_CLIP_SCHEMES = ("hf-hub:", "local-dir:")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -131,9 +133,7 @@ class Teacher:
         if pixels.shape[-1] != self.image_size or pixels.shape[-2] != self.image_size:
             pixels = torch_F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bicubic",
                                          align_corners=False, antialias=True).clamp_(0.0, 1.0)
-        mean = torch.tensor(self.image_mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.image_std, device=self.device).view(1, -1, 1, 1)
-        return (pixels - mean) / std
+        return normalize_pixels(pixels, self.image_mean, self.image_std)
 
     @torch.inference_mode()
     def encode_images(self, views: torch.Tensor) -> torch.Tensor:

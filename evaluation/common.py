@@ -8,7 +8,6 @@ and in dataset order whatever the number of processes.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -207,12 +206,10 @@ def results_record(dataset: str, model: str, pretrained: str, task: str, metrics
 
 def write_json(path: str | Path, record: dict) -> Path:
     """Writes `record` atomically (a crash never leaves a half-written result that a resumed run would trust)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
-    return path
+    from dataset_scripts.atomic import write_json_atomic
+
+    write_json_atomic(path, record, indent=2)
+    return Path(path)
 
 
 def format_metrics(metrics: dict) -> str:

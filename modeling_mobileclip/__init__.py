@@ -1,7 +1,8 @@
 """Hugging Face-native MobileCLIP and MobileCLIP2.
 
 This folder is also the remote-code folder copied next to saved checkpoints: its model files use relative imports
-only. `from modeling_mobileclip import MobileCLIPModel, MobileCLIPConfig, MobileCLIPProcessor, VARIANTS`.
+only. `from modeling_mobileclip import MobileCLIPModel, MobileCLIPConfig, MobileCLIPProcessor, VARIANTS`; the towers
+load alone as `MobileCLIPVisionModel` / `MobileCLIPTextModel` (`MobileCLIPTextModelWithProjection` with the projection).
 """
 
 from .configuration_mobileclip import (
@@ -11,7 +12,16 @@ from .configuration_mobileclip import (
     MobileCLIPTextConfig,
     MobileCLIPVisionConfig,
 )
-from .modeling_mobileclip import MobileCLIPModel, MobileCLIPOutput, MobileCLIPPreTrainedModel
+from .modeling_mobileclip import (
+    MobileCLIPModel,
+    MobileCLIPOutput,
+    MobileCLIPPreTrainedModel,
+    MobileCLIPTextModel,
+    MobileCLIPTextModelOutput,
+    MobileCLIPTextModelWithProjection,
+    MobileCLIPVisionModel,
+    MobileCLIPVisionModelOutput,
+)
 from .processing_mobileclip import (
     CONTEXT_LENGTH,
     MobileCLIPImageProcessor,
@@ -29,6 +39,11 @@ __all__ = [
     "MobileCLIPModel",
     "MobileCLIPOutput",
     "MobileCLIPPreTrainedModel",
+    "MobileCLIPTextModel",
+    "MobileCLIPTextModelOutput",
+    "MobileCLIPTextModelWithProjection",
+    "MobileCLIPVisionModel",
+    "MobileCLIPVisionModelOutput",
     "CONTEXT_LENGTH",
     "MobileCLIPImageProcessor",
     "MobileCLIPProcessor",

@@ -111,6 +111,11 @@ class MobileCLIPTextConfig(PreTrainedConfig):
         if self.repmixer_kernel_size % 2 != 1:
             raise ValueError(f"repmixer_kernel_size must be odd, got {self.repmixer_kernel_size}.")
 
+    @property
+    def num_layers(self) -> int:
+        """Layers the tower runs: the attention layers plus MCt's RepMixer blocks (`hidden_states` has one more)."""
+        return self.num_hidden_layers + self.num_repmixer_blocks
+
 
 @strict
 class MobileCLIPVisionConfig(PreTrainedConfig):

@@ -1,10 +1,15 @@
 """PyTorch MobileCLIP / MobileCLIP2 (Vasu et al., CVPR 2024, arXiv 2311.17049; arXiv 2508.20691).
 
+Laid out like transformers' CLIP: the towers `MobileCLIPVisionModel` and `MobileCLIPTextModel` are `PreTrainedModel`s
+with their own configs, each loadable alone (also from a full MobileCLIP checkpoint, as `CLIPVisionModel` loads from a
+CLIP one), and `MobileCLIPModel` composes them with the text projection and the logit scale.
 Image towers are timm's implementations (`fastvit_mci0..4`, `vit_base_mci_224`, `vit_large_patch14_clip_224`) whose
-classifier is the CLIP image projection. Text towers are ours (`text_mobileclip.py`): the Base/Large pre-norm
+classifier is the CLIP image projection. Text towers are ours (blocks in `text_mobileclip.py`): the Base/Large pre-norm
 transformer and MobileCLIP-S0's MCt (a convolutional RepMixer block before and after four attention layers), with EOT
 pooling and SDPA attention.
-Every train-time multi-branch block knows how to fuse itself (`reparameterize()`), as in timm's `fastvit.py`.
+Every train-time multi-branch block fuses itself (`reparameterize()`, idempotent, children first), as in timm's
+`fastvit.py`; a model's `reparameterize()` is a walk over those blocks, and the image tower's adds the FastViT folds
+that timm leaves (`vision_mobileclip.py`).
 """
 
 
@@ -17,18 +22,22 @@ from typing import Any
 
 import timm
 import torch
-from safetensors import SafetensorError
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from timm.models.fastvit import FastVitStage
+from timm.models.vision_transformer import Block as VisionTransformerBlock
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .configuration_mobileclip import MobileCLIPConfig, MobileCLIPVisionConfig
+from .configuration_mobileclip import MobileCLIPConfig, MobileCLIPTextConfig, MobileCLIPVisionConfig
 
-# The text towers live in text_mobileclip.py (transformers copies it next to saved weights with this file); the
-# names stay importable from here.
+# The text-tower blocks live in text_mobileclip.py and the FastViT folds in vision_mobileclip.py (transformers copies
+# both next to saved weights with this file); the names stay importable from here.
 from .text_mobileclip import (  # noqa: F401
     MobileCLIPAttention,
     MobileCLIPEncoderLayer,
@@ -36,10 +45,56 @@ from .text_mobileclip import (  # noqa: F401
     MobileCLIPTextConvFFN,
     MobileCLIPTextRepMixer,
     MobileCLIPTextRepMixerBlock,
-    MobileCLIPTextTransformer,
     eager_attention_forward,
     fold_batchnorm,
+    reparameterize_children,
 )
+from .vision_mobileclip import fold_fastvit_affines_  # noqa: F401
+
+
+@dataclass
+class MobileCLIPVisionModelOutput(ModelOutput):
+    """Output of [`MobileCLIPVisionModel`] (the keys of transformers' `CLIPVisionModelOutput`, plus `pooler_output`).
+
+    Args:
+        image_embeds: `(batch, projection_dim)` image embeddings, unnormalised: `pooler_output` through the image
+            projection (timm's classifier head).
+        last_hidden_state: The backbone's final features: `(batch, channels, height, width)` for FastViT (after its
+            final conv), `(batch, tokens, width)` for the ViTs (after the final LayerNorm).
+        pooler_output: `(batch, width)` pooled features, before the projection.
+        hidden_states: With `output_hidden_states=True`: the input of the first FastViT stage (the stem's output) or
+            ViT block (the embedded tokens), then the output of every stage / block, i.e. the features timm's
+            `forward_intermediates` returns (`len(stages) + 1` or `depth + 1` tensors).
+        attentions: Always None: timm's attention layers do not return their weights.
+    """
+
+    image_embeds: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MobileCLIPTextModelOutput(ModelOutput):
+    """Output of [`MobileCLIPTextModelWithProjection`] (the keys of transformers' `CLIPTextModelOutput`, plus
+    `pooler_output`).
+
+    Args:
+        text_embeds: `(batch, projection_dim)` text embeddings, unnormalised: `pooler_output` through `text_projection`.
+        last_hidden_state: `(batch, length, width)` token states after the final LayerNorm.
+        pooler_output: `(batch, width)` state at the first EOT token, before the projection.
+        hidden_states: With `output_hidden_states=True`: the embedded tokens, then the output of every layer (MCt's
+            RepMixer blocks included), before the final LayerNorm.
+        attentions: With `output_attentions=True` and `attn_implementation="eager"`: the attention probabilities of
+            every attention layer, `(batch, heads, length, length)` (SDPA does not return them).
+    """
+
+    text_embeds: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -52,7 +107,8 @@ class MobileCLIPOutput(ModelOutput):
         logits_per_text: `(text_batch, image_batch)`, the transpose.
         text_embeds: L2-normalised projected text embeddings.
         image_embeds: L2-normalised projected image embeddings.
-        text_model_output / vision_model_output: The towers' outputs (pooler_output = unnormalised embedding).
+        text_model_output / vision_model_output: The outputs of `get_text_features` / `get_image_features` (as in
+            transformers' CLIP, `pooler_output` is the unnormalised projected embedding).
     """
 
     loss: torch.FloatTensor | None = None
@@ -64,10 +120,7 @@ class MobileCLIPOutput(ModelOutput):
     vision_model_output: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple[Any]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
+        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in self.values())
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -77,116 +130,12 @@ def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# FastViT folds beyond timm's reparameterize()
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _scaled_linear(layer: nn.Module, scale: torch.Tensor, fold_values: bool) -> None:
-    """Multiplies the output channels of a Linear/Conv (and its bias) by `scale`, in place."""
-    if fold_values:
-        layer.weight.mul_(scale.reshape(-1, *([1] * (layer.weight.dim() - 1))))
-        if layer.bias is not None:
-            layer.bias.mul_(scale)
-
-
-@torch.no_grad()
-def fold_fastvit_affines_(backbone: nn.Module, fold_values: bool = True) -> nn.Module:
-    """Folds the per-channel affine ops that timm's fused FastViT still runs, exactly (eval-mode math):
-
-    - the BatchNorm after each ConvMlp's depthwise 7x7 conv (into that conv, which gains a bias);
-    - every block's layer scales (into the last linear op of the branch they scale: `mlp.fc2`, attention `proj`);
-    - the BatchNorm in front of each BatchNorm-normed attention block (into `qkv`, which gains a bias).
-
-    Each removes one memory-bound pass over the activations. `fold_values=False` only rebuilds the structure (to load
-    weights saved after folding).
-    """
-    from timm.models.fastvit import AttentionBlock, ConvMlp, LayerScale2d, RepMixerBlock
-
-    for module in list(backbone.modules()):
-        if isinstance(module, ConvMlp) and hasattr(module.conv, "bn"):
-            conv = module.conv.conv
-            fused = nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                groups=conv.groups, bias=True,
-            ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-            if fold_values:
-                kernel, bias = fold_batchnorm(conv.weight, module.conv.bn)
-                fused.weight.copy_(kernel)
-                fused.bias.copy_(bias)
-            module.conv = fused
-        if isinstance(module, RepMixerBlock) and isinstance(module.layer_scale, LayerScale2d):
-            _scaled_linear(module.mlp.fc2, module.layer_scale.gamma.reshape(-1), fold_values)
-            module.layer_scale = nn.Identity()
-        if isinstance(module, AttentionBlock):
-            if isinstance(module.layer_scale_2, LayerScale2d):
-                _scaled_linear(module.mlp.fc2, module.layer_scale_2.gamma.reshape(-1), fold_values)
-                module.layer_scale_2 = nn.Identity()
-            if isinstance(module.layer_scale_1, LayerScale2d):
-                _scaled_linear(module.token_mixer.proj, module.layer_scale_1.gamma.reshape(-1), fold_values)
-                module.layer_scale_1 = nn.Identity()
-            if isinstance(module.norm, nn.BatchNorm2d):
-                qkv = module.token_mixer.qkv
-                fused = nn.Linear(qkv.in_features, qkv.out_features, bias=True).to(qkv.weight.device, qkv.weight.dtype)
-                if fold_values:
-                    # qkv(a * x + b) = (W * a) x + (W b + c), with a, b the norm's per-channel scale and shift.
-                    scale, shift = fold_batchnorm(torch.ones_like(module.norm.weight), module.norm)
-                    fused.weight.copy_(qkv.weight * scale)
-                    fused.bias.copy_(qkv.weight @ shift + (qkv.bias if qkv.bias is not None else 0))
-                module.token_mixer.qkv = fused
-                module.norm = nn.Identity()
-    return backbone
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Image tower
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-
-class MobileCLIPVisionTower(nn.Module):
-    """A timm image backbone whose classifier head is the CLIP image projection.
-
-    `forward` returns the backbone's feature map / tokens, the pooled features and the projected embedding.
-    Built with timm's `inference_mode=True` when the config records a reparameterized FastViT.
-    """
-
-    def __init__(self, config: MobileCLIPVisionConfig):
-        super().__init__()
-        self.config = config
-        kwargs = dict(config.backbone_kwargs or {})
-        kwargs["num_classes"] = config.projection_dim
-        if config.drop_path_rate:
-            kwargs["drop_path_rate"] = config.drop_path_rate
-        if config.is_fastvit and config.reparameterized:
-            kwargs["inference_mode"] = True
-        if config.apple_vit_stem:
-            kwargs["norm_layer"] = partial(nn.LayerNorm, eps=1e-5)
-        if not config.is_fastvit:
-            kwargs["img_size"] = config.image_size
-        self.backbone = timm.create_model(config.backbone, pretrained=False, **kwargs)
-        if config.apple_vit_stem:
-            # Apple's ViT-B/16 stem pads its first 4x4 conv by int((4 - 1) / 2) = 1; timm uses 0.
-            self.backbone.patch_embed.backbone[0].conv.padding = (1, 1)
-        if config.is_fastvit and config.reparameterized:
-            fold_fastvit_affines_(self.backbone, fold_values=False)
-        # timm initialises its own layers; keep transformers' generic `_init_weights` off them.
-        for module in self.backbone.modules():
-            module._is_hf_initialized = True
-
-    def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
-        features = self.backbone.forward_features(pixel_values)
-        pooled = self.backbone.forward_head(features, pre_logits=True)
-        embeds = self.backbone.get_classifier()(pooled)
-        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=embeds, hidden_states=(pooled,))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 class MobileCLIPPreTrainedModel(PreTrainedModel):
-    """Base class: weight initialisation, gradient-checkpointing and attention-backend flags."""
+    """Base class: weight initialisation, gradient checkpointing, attention-backend flags and `reparameterize()`."""
 
     config: MobileCLIPConfig
     config_class = MobileCLIPConfig
@@ -198,16 +147,20 @@ class MobileCLIPPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["MobileCLIPEncoderLayer", "MobileCLIPTextRepMixerBlock", "MobileCLIPVisionTower"]
+    _no_split_modules = ["MobileCLIPEncoderLayer", "MobileCLIPTextRepMixerBlock", "MobileCLIPVisionModel"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """open_clip's text-tower initialisation (which trains MobileCLIP2 from scratch); timm owns the image tower."""
         super()._init_weights(module)
+        if isinstance(module, MobileCLIPModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
         text_config = getattr(self.config, "text_config", self.config)
+        if not isinstance(text_config, MobileCLIPTextConfig):
+            return  # the image tower: timm initialised its layers
         width, depth = text_config.hidden_size, max(text_config.num_hidden_layers, 1)
         residual_std = width**-0.5 * (2 * depth) ** -0.5
-        if isinstance(module, MobileCLIPTextTransformer):
+        if isinstance(module, MobileCLIPTextModel):
             init.normal_(module.token_embedding.weight, std=0.02)
             init.normal_(module.position_embedding, std=0.01)
         elif isinstance(module, MobileCLIPAttention):
@@ -222,8 +175,7 @@ class MobileCLIPPreTrainedModel(PreTrainedModel):
             init.constant_(module.layer_scale, text_config.layer_scale_init_value)
         elif isinstance(module, MobileCLIPTextRepMixerBlock):
             init.constant_(module.layer_scale, text_config.layer_scale_init_value)
-        elif isinstance(module, MobileCLIPModel):
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        elif isinstance(module, (MobileCLIPModel, MobileCLIPTextModelWithProjection)):
             init.normal_(module.text_projection.weight, std=width**-0.5)
 
     @classmethod
@@ -246,8 +198,20 @@ class MobileCLIPPreTrainedModel(PreTrainedModel):
         super()._set_gradient_checkpointing(enable, *args, **kwargs)
         # timm blocks checkpoint themselves (non-reentrant `torch.utils.checkpoint`).
         for module in self.modules():
-            if isinstance(module, MobileCLIPVisionTower):
+            if isinstance(module, MobileCLIPVisionModel):
                 module.backbone.set_grad_checkpointing(enable)
+
+    @torch.no_grad()
+    def reparameterize(self) -> "MobileCLIPPreTrainedModel":
+        """Fuses every train-time branch in place (eval-mode math) and returns `self`; idempotent.
+
+        A walk over the blocks (`reparameterize_children`, timm's `reparameterize_model` without a list of types):
+        each fuses its own children first; the towers record `reparameterized: true` in their configs, so a saved
+        fused model reloads fused. Outputs in eval mode are unchanged up to float rounding; BatchNorm statistics are
+        consumed, so fuse only for inference or export.
+        """
+        reparameterize_children(self)
+        return self
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -267,13 +231,192 @@ def _safetensors_problem(path: Path) -> str | None:
     return f"{path} is {size} bytes but its header declares {expected}" if size != expected else None
 
 
+class MobileCLIPVisionModel(MobileCLIPPreTrainedModel):
+    """The image tower: a timm backbone whose classifier head is the CLIP image projection.
+
+    Loads alone from a folder saved from it, or from a full MobileCLIP checkpoint (the `vision_model.*` weights; the
+    text weights are reported unused), as `CLIPVisionModel` loads from a CLIP checkpoint. Built in timm's
+    `inference_mode`, with the FastViT folds, when the config records a reparameterized tower.
+    """
+
+    config: MobileCLIPVisionConfig
+    config_class = MobileCLIPVisionConfig
+    base_model_prefix = "vision_model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # Per-stage (FastViT) / per-block (ViT) features, the granularity of timm's `forward_intermediates`.
+    _can_record_outputs = {"hidden_states": OutputRecorder((FastVitStage, VisionTransformerBlock))}
+
+    def __init__(self, config: MobileCLIPVisionConfig):
+        super().__init__(config)
+        kwargs = dict(config.backbone_kwargs or {})
+        kwargs["num_classes"] = config.projection_dim
+        if config.drop_path_rate:
+            kwargs["drop_path_rate"] = config.drop_path_rate
+        if config.is_fastvit and config.reparameterized:
+            kwargs["inference_mode"] = True
+        if config.apple_vit_stem:
+            kwargs["norm_layer"] = partial(nn.LayerNorm, eps=1e-5)
+        if not config.is_fastvit:
+            kwargs["img_size"] = config.image_size
+        self.backbone = timm.create_model(config.backbone, pretrained=False, **kwargs)
+        if config.apple_vit_stem:
+            # Apple's ViT-B/16 stem pads its first 4x4 conv by int((4 - 1) / 2) = 1; timm uses 0.
+            self.backbone.patch_embed.backbone[0].conv.padding = (1, 1)
+        if config.is_fastvit and config.reparameterized:
+            fold_fastvit_affines_(self.backbone, fold_values=False)
+        # timm initialises its own layers; keep transformers' generic `_init_weights` off them.
+        for module in self.backbone.modules():
+            module._is_hf_initialized = True
+        self.post_init()
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.FloatTensor, **kwargs) -> MobileCLIPVisionModelOutput:
+        """Encodes `pixel_values` (batch, 3, image_size, image_size), already resized and normalised."""
+        features = self.backbone.forward_features(pixel_values)
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        return MobileCLIPVisionModelOutput(
+            image_embeds=self.backbone.get_classifier()(pooled), last_hidden_state=features, pooler_output=pooled
+        )
+
+    @torch.no_grad()
+    def reparameterize(self) -> "MobileCLIPVisionModel":
+        """timm's FastViT blocks fuse themselves, then `fold_fastvit_affines_` folds what they leave; idempotent."""
+        reparameterize_children(self)
+        if self.config.is_fastvit:
+            fold_fastvit_affines_(self.backbone)
+        self.config.reparameterized = True
+        return self
+
+
+class MobileCLIPTextModel(MobileCLIPPreTrainedModel):
+    """The text tower without projection: token + learned position embeddings, the layers, a final LayerNorm and
+    pooling at the first EOT token (`argmax(input_ids)`: EOT has the largest id, as in Apple's and open_clip's code).
+
+    Loads alone from a folder saved from it, or from a full MobileCLIP checkpoint (the `text_model.*` weights), as
+    `CLIPTextModel` does; [`MobileCLIPTextModelWithProjection`] adds the projection.
+    """
+
+    config: MobileCLIPTextConfig
+    config_class = MobileCLIPTextConfig
+    base_model_prefix = "text_model"
+    input_modalities = ("text",)
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(
+            (MobileCLIPEncoderLayer, MobileCLIPTextRepMixerBlock), num_hidden_layers_key="num_layers"
+        ),
+        "attentions": OutputRecorder(MobileCLIPAttention, index=1),
+    }
+
+    def __init__(self, config: MobileCLIPTextConfig):
+        super().__init__(config)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Parameter(torch.empty(config.max_position_embeddings, config.hidden_size))
+        layers: list[nn.Module] = [MobileCLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)]
+        if config.num_repmixer_blocks:
+            layers = [MobileCLIPTextRepMixerBlock(config), *layers, MobileCLIPTextRepMixerBlock(config)]
+        self.layers = nn.ModuleList(layers)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.token_embedding = value
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pooled_only: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Encodes `input_ids` (batch, length <= 77); `pooler_output` is the EOT state before the projection.
+
+        `attention_mask` is accepted for tokenizer outputs and ignored: released MobileCLIP text towers use no padding
+        mask (the processor always pads to 77 with id 0, as open_clip does). With `pooled_only=True` a causal tower
+        skips the positions after the batch's last EOT, which cannot influence the pooled output (about 4x less work
+        for typical 77-token padded captions); `last_hidden_state` then covers only the kept positions.
+        """
+        if input_ids.shape[-1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[-1]} tokens, more than max_position_embeddings "
+                f"({self.config.max_position_embeddings}); tokenize with truncation to {self.config.max_position_embeddings}."
+            )
+        eot_index = input_ids.argmax(dim=-1)
+        if pooled_only and self.config.causal and not self.config.num_repmixer_blocks:
+            input_ids = input_ids[:, : int(eot_index.max()) + 1]
+        hidden_states = self.token_embedding(input_ids) + self.position_embedding[: input_ids.shape[-1]]
+        # No padding mask on purpose: the official bidirectional towers attend to pad tokens (id 0), and the causal
+        # towers never see tokens after EOT; a mask would change the embeddings of released checkpoints.
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None, **kwargs)
+        hidden_states = self.final_layer_norm(hidden_states)
+        pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), eot_index]
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled)
+
+    @torch.no_grad()
+    def reparameterize(self) -> "MobileCLIPTextModel":
+        """Fuses MCt's RepMixer blocks (Base/Large towers have nothing to fuse); idempotent."""
+        reparameterize_children(self)
+        self.config.reparameterized = True
+        return self
+
+
+class MobileCLIPTextModelWithProjection(MobileCLIPPreTrainedModel):
+    """The text tower with its projection: `text_embeds` equal `MobileCLIPModel.get_text_features(...).pooler_output`.
+
+    Its weights are named as in a full MobileCLIP checkpoint (`text_model.*`, `text_projection.weight`), so it loads
+    from one, as transformers' `CLIPTextModelWithProjection` does.
+    """
+
+    config: MobileCLIPTextConfig
+    config_class = MobileCLIPTextConfig
+    base_model_prefix = "text_model"
+    input_modalities = ("text",)
+
+    def __init__(self, config: MobileCLIPTextConfig):
+        super().__init__(config)
+        self.text_model = MobileCLIPTextModel._from_config(config)
+        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.token_embedding = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pooled_only: bool = False,
+        **kwargs,
+    ) -> MobileCLIPTextModelOutput:
+        """Encodes `input_ids`; see [`MobileCLIPTextModel.forward`]."""
+        outputs = self.text_model(input_ids, pooled_only=pooled_only, return_dict=True, **kwargs)
+        return MobileCLIPTextModelOutput(
+            text_embeds=self.text_projection(outputs.pooler_output),
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=outputs.pooler_output,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
 class MobileCLIPModel(MobileCLIPPreTrainedModel):
-    """MobileCLIP / MobileCLIP2 dual encoder.
+    """MobileCLIP / MobileCLIP2 dual encoder: [`MobileCLIPVisionModel`], [`MobileCLIPTextModel`], the text
+    projection and the logit scale.
 
     `forward` returns CLIP-style logits and normalised embeddings (and the contrastive loss with
     `return_loss=True`); `encode_image` / `encode_text` return plain tensors, the open_clip / CLIP_benchmark
     interface. `reparameterize()` fuses all train-time branches in place and records it in the config, so a saved
-    fused model reloads fused.
+    fused model reloads fused. `AutoModelForZeroShotImageClassification` (and so the zero-shot pipeline) loads this
+    class, as transformers maps CLIP to `CLIPModel`.
 
     Example:
 
@@ -290,11 +433,8 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
 
     def __init__(self, config: MobileCLIPConfig):
         super().__init__(config)
-        # The towers are plain modules (not sub-models), so hand the resolved attention backend down explicitly;
-        # the config setter propagates it to `text_config`.
-        config._attn_implementation = config._attn_implementation
-        self.text_model = MobileCLIPTextTransformer(config.text_config)
-        self.vision_model = MobileCLIPVisionTower(config.vision_config)
+        self.text_model = MobileCLIPTextModel._from_config(config.text_config)
+        self.vision_model = MobileCLIPVisionModel._from_config(config.vision_config)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         # Saved folders must load with AutoModel and the zero-shot pipeline from the copied code files.
@@ -307,17 +447,25 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_model.token_embedding = value
 
+    @can_return_tuple
     def get_text_features(
         self, input_ids: torch.LongTensor, pooled_only: bool = False, **kwargs
     ) -> BaseModelOutputWithPooling:
         """Runs the text tower; `pooler_output` is the projected (unnormalised) text embedding."""
-        outputs = self.text_model(input_ids, pooled_only=pooled_only)
+        outputs = self.text_model(input_ids, pooled_only=pooled_only, return_dict=True, **kwargs)
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
 
+    @can_return_tuple
     def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
         """Runs the image tower; `pooler_output` is the projected (unnormalised) image embedding."""
-        return self.vision_model(pixel_values)
+        outputs = self.vision_model(pixel_values, return_dict=True, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=outputs.image_embeds,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     def encode_text(self, input_ids: torch.LongTensor, normalize: bool = False) -> torch.Tensor:
         """Projected text embeddings as a tensor (open_clip interface)."""
@@ -326,35 +474,34 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
 
     def encode_image(self, pixel_values: torch.FloatTensor, normalize: bool = False) -> torch.Tensor:
         """Projected image embeddings as a tensor (open_clip interface)."""
-        embeds = self.get_image_features(pixel_values).pooler_output
+        embeds = self.vision_model(pixel_values).image_embeds
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> MobileCLIPOutput | tuple:
+    ) -> MobileCLIPOutput:
         """Scores every image against every text.
 
-        `attention_mask` is accepted for pipeline compatibility and ignored: released MobileCLIP text towers use no
-        padding mask (the processor always pads to 77 with id 0, as open_clip does).
+        `attention_mask` is accepted for pipeline compatibility and ignored (see [`MobileCLIPTextModel.forward`]);
+        `output_hidden_states` / `output_attentions` reach both towers.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("MobileCLIPModel.forward needs both input_ids and pixel_values.")
-        vision_outputs = self.get_image_features(pixel_values)
-        text_outputs = self.get_text_features(input_ids)
+        vision_outputs = self.get_image_features(pixel_values, **kwargs)
+        text_outputs = self.get_text_features(input_ids, **kwargs)
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         scale = self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
         logits_per_text = scale * text_embeds @ image_embeds.t().to(text_embeds.dtype)
         logits_per_image = logits_per_text.t()
-        loss = contrastive_loss(logits_per_text) if return_loss else None
-        output = MobileCLIPOutput(
-            loss=loss,
+        return MobileCLIPOutput(
+            loss=contrastive_loss(logits_per_text) if return_loss else None,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
@@ -362,46 +509,30 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
-        return output if return_dict is not False else output.to_tuple()
 
-    @torch.no_grad()
-    def reparameterize(self) -> "MobileCLIPModel":
-        """Fuses every train-time branch in place (eval-mode math), records it in the config, returns `self`.
-
-        FastViT blocks fuse through timm's own `reparameterize()` methods, then `fold_fastvit_affines_` folds the
-        BatchNorms and layer scales timm leaves in place; the text RepMixer blocks fuse through ours.
-        Outputs in eval mode are unchanged up to float rounding; BatchNorm statistics are consumed, so fuse only
-        for inference or export.
-        """
-        from timm.utils import reparameterize_model
-
-        reparameterize_model(self.vision_model.backbone, inplace=True)
-        if self.config.vision_config.is_fastvit:
-            fold_fastvit_affines_(self.vision_model.backbone)
-        for module in list(self.text_model.modules()):
-            if isinstance(module, (MobileCLIPTextRepMixer, MobileCLIPTextConvFFN)):
-                module.reparameterize()
-        self.config.vision_config.reparameterized = True
-        self.config.text_config.reparameterized = True
-        return self
-
-
-MobileCLIPForZeroShotImageClassification = MobileCLIPModel
 
 AUTO_MAP = {
     "AutoConfig": "configuration_mobileclip.MobileCLIPConfig",
     "AutoModel": "modeling_mobileclip.MobileCLIPModel",
     "AutoModelForZeroShotImageClassification": "modeling_mobileclip.MobileCLIPModel",
 }
-MobileCLIPConfig.register_for_auto_class()
-MobileCLIPModel.register_for_auto_class("AutoModel")
+# A saved tower's config.json maps AutoConfig to its own config class and AutoModel to the class that saved it, so
+# `AutoModel.from_pretrained(DIR, trust_remote_code=True)` gives back that tower (transformers' CLIP maps
+# CLIPVisionConfig / CLIPTextConfig to CLIPVisionModel / CLIPTextModel the same way).
+for _config_class in (MobileCLIPConfig, MobileCLIPTextConfig, MobileCLIPVisionConfig):
+    _config_class.register_for_auto_class()
+for _model_class in (MobileCLIPModel, MobileCLIPTextModel, MobileCLIPTextModelWithProjection, MobileCLIPVisionModel):
+    _model_class.register_for_auto_class("AutoModel")
 
 __all__ = [
     "MobileCLIPModel",
     "MobileCLIPPreTrainedModel",
+    "MobileCLIPTextModel",
+    "MobileCLIPTextModelWithProjection",
+    "MobileCLIPVisionModel",
     "MobileCLIPOutput",
-    "MobileCLIPTextTransformer",
-    "MobileCLIPVisionTower",
-    "MobileCLIPForZeroShotImageClassification",
+    "MobileCLIPTextModelOutput",
+    "MobileCLIPVisionModelOutput",
     "contrastive_loss",
+    "fold_fastvit_affines_",
 ]

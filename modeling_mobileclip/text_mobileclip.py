@@ -1,6 +1,7 @@
-"""MobileCLIP text towers: the Base/Large pre-norm transformer and MobileCLIP-S0's MCt (a convolutional RepMixer
-block before and after the attention layers), with EOT pooling and SDPA attention, plus the BatchNorm-folding helpers
-their `reparameterize()` methods (and the FastViT folds in `modeling_mobileclip.py`) use.
+"""MobileCLIP text-tower blocks: the layers of the Base/Large pre-norm transformer and of MobileCLIP-S0's MCt (a
+convolutional RepMixer block before and after the attention layers), with SDPA attention, plus the structural
+reparameterization helpers their `reparameterize()` methods (and the FastViT folds in `vision_mobileclip.py`) use.
+`MobileCLIPTextModel` (in `modeling_mobileclip.py`) stacks them.
 
 Part of the remote-code folder: relative imports only (transformers copies this file next to saved weights because
 `modeling_mobileclip.py` imports it).
@@ -13,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_mobileclip import MobileCLIPTextConfig
@@ -44,6 +44,23 @@ def fold_batchnorm(kernel: torch.Tensor | None, bn: nn.BatchNorm1d, groups: int 
 def _pad_to_length(kernel: torch.Tensor, length: int) -> torch.Tensor:
     pad = (length - kernel.shape[-1]) // 2
     return F.pad(kernel, (pad, pad))
+
+
+def reparameterize_children(module: nn.Module) -> None:
+    """Fuses every block under `module`: the walk of timm's `reparameterize_model`, without a list of block types.
+
+    A child with a `reparameterize()` method is fused by it (a block fuses its own children first), any other child is
+    searched further down. A child whose `reparam_conv` is already set is skipped: that is timm's mark of a fused
+    block, and timm's `ReparamLargeKernelConv` and `RepConditionalPosEnc` cannot fuse twice (they delete the branches
+    they read), so the walk, and every `reparameterize()` built on it, stays idempotent.
+    """
+    for child in module.children():
+        if getattr(child, "reparam_conv", None) is not None:
+            continue
+        if callable(getattr(child, "reparameterize", None)):
+            child.reparameterize()
+        else:
+            reparameterize_children(child)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -166,6 +183,7 @@ class MobileCLIPTextRepMixer(nn.Module):
         super().__init__()
         self.dim = dim
         self.kernel_size = kernel_size
+        self.inference_mode = inference_mode
         padding = kernel_size // 2
         if inference_mode:
             self.reparam_conv = nn.Conv1d(dim, dim, kernel_size, padding=padding, groups=dim, bias=True)
@@ -186,7 +204,7 @@ class MobileCLIPTextRepMixer(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fuses every branch into `reparam_conv`; idempotent."""
-        if self.reparam_conv is not None:
+        if self.inference_mode:
             return
         conv_kernel, conv_bias = fold_batchnorm(self.mixer_conv.weight, self.mixer_conv_bn)
         skip_kernel, skip_bias = fold_batchnorm(None, self.mixer_skip, groups=self.dim)
@@ -203,6 +221,7 @@ class MobileCLIPTextRepMixer(nn.Module):
         for name in ("norm_skip", "mixer_conv", "mixer_conv_bn", "mixer_skip", "layer_scale"):
             delattr(self, name)
         self.reparam_conv = fused
+        self.inference_mode = True
 
 
 class MobileCLIPTextConvFFN(nn.Module):
@@ -210,10 +229,17 @@ class MobileCLIPTextConvFFN(nn.Module):
 
     Takes (batch, width, length) and returns (batch, length, width), the layout the residual add needs.
     `reparameterize()` folds the BatchNorm into the depthwise conv (exact in eval mode; Apple leaves it unfolded).
+
+    Args:
+        dim: Channels (the text width).
+        hidden_dim: Width of the pointwise expansion.
+        kernel_size: Odd length of the depthwise kernel.
+        inference_mode: Build the depthwise conv with the BatchNorm folded in (for reparameterized checkpoints).
     """
 
     def __init__(self, dim: int, hidden_dim: int, kernel_size: int, inference_mode: bool = False):
         super().__init__()
+        self.inference_mode = inference_mode
         self.dw_conv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=inference_mode)
         self.dw_bn = None if inference_mode else nn.BatchNorm1d(dim)
         # The 1x1 convolutions run as Linear layers over (batch, length, width): the same math, faster GEMMs.
@@ -230,7 +256,7 @@ class MobileCLIPTextConvFFN(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Folds `dw_bn` into `dw_conv`; idempotent."""
-        if self.dw_bn is None:
+        if self.inference_mode:
             return
         kernel, bias = fold_batchnorm(self.dw_conv.weight, self.dw_bn)
         fused = nn.Conv1d(
@@ -244,6 +270,7 @@ class MobileCLIPTextConvFFN(nn.Module):
         fused.bias.copy_(bias)
         self.dw_conv = fused
         self.dw_bn = None
+        self.inference_mode = True
 
 
 class MobileCLIPTextRepMixerBlock(GradientCheckpointingLayer):
@@ -267,52 +294,10 @@ class MobileCLIPTextRepMixerBlock(GradientCheckpointingLayer):
         mixed = self.token_mixer(hidden_states.transpose(1, 2))
         return mixed.transpose(1, 2) + self.layer_scale * self.conv_ffn(mixed)
 
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Text tower: embeddings, layers, final norm, EOT pooling
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class MobileCLIPTextTransformer(nn.Module):
-    """Token + learned position embeddings, encoder layers, final LayerNorm, pooling at the first EOT token.
-
-    The pooled state is taken at `argmax(input_ids)` (EOT has the largest id), as in Apple's and open_clip's code.
-    """
-
-    def __init__(self, config: MobileCLIPTextConfig):
-        super().__init__()
-        self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embedding = nn.Parameter(torch.empty(config.max_position_embeddings, config.hidden_size))
-        layers: list[nn.Module] = [MobileCLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)]
-        if config.num_repmixer_blocks:
-            layers = [MobileCLIPTextRepMixerBlock(config), *layers, MobileCLIPTextRepMixerBlock(config)]
-        self.layers = nn.ModuleList(layers)
-        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, input_ids: torch.LongTensor, pooled_only: bool = False, **kwargs) -> BaseModelOutputWithPooling:
-        """Encodes `input_ids` (batch, length <= 77).
-
-        With `pooled_only=True` a causal tower skips the positions after the batch's last EOT, which cannot influence
-        the pooled output (about 4x less work for typical 77-token padded captions); `last_hidden_state` then covers
-        only the kept positions.
-        """
-        if input_ids.shape[-1] > self.config.max_position_embeddings:
-            raise ValueError(
-                f"input_ids has {input_ids.shape[-1]} tokens, more than max_position_embeddings "
-                f"({self.config.max_position_embeddings}); tokenize with truncation to {self.config.max_position_embeddings}."
-            )
-        eot_index = input_ids.argmax(dim=-1)
-        if pooled_only and self.config.causal and not self.config.num_repmixer_blocks:
-            input_ids = input_ids[:, : int(eot_index.max()) + 1]
-        hidden_states = self.token_embedding(input_ids) + self.position_embedding[: input_ids.shape[-1]]
-        # No padding mask on purpose: the official bidirectional towers attend to pad tokens (id 0), and the causal
-        # towers never see tokens after EOT; a mask would change the embeddings of released checkpoints.
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, None, **kwargs)
-        hidden_states = self.final_layer_norm(hidden_states)
-        pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), eot_index]
-        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled)
+    def reparameterize(self) -> None:
+        """Fuses the token mixer and the ConvFFN; idempotent. `layer_scale` stays (it scales the ConvFFN's output,
+        which is not linear in its input)."""
+        reparameterize_children(self)
 
 
 __all__ = [
@@ -322,7 +307,7 @@ __all__ = [
     "MobileCLIPTextConvFFN",
     "MobileCLIPTextRepMixer",
     "MobileCLIPTextRepMixerBlock",
-    "MobileCLIPTextTransformer",
     "eager_attention_forward",
     "fold_batchnorm",
+    "reparameterize_children",
 ]

@@ -1,6 +1,9 @@
-"""Shared test setup: offline Hub, deterministic CPU math, paths to the shared oracles."""
+"""Shared test setup: offline Hub, deterministic CPU math, paths to the shared oracles, the oracle libraries, and the
+fixtures and helpers more than one test module uses."""
 
+import importlib.util
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -17,11 +20,52 @@ SHARED = Path(os.environ.get("MOBILECLIP_SHARED", REPO_ROOT.parent / "shared"))
 GOLDEN = SHARED / "golden"
 EMOJI = SHARED / "data" / "emoji"
 
+# The peer libraries the tests use as oracles (module -> pip name). They are the `test` extra of pyproject.toml: a
+# missing one fails the run at once instead of skipping the parity tests that need it.
+ORACLE_LIBRARIES = {
+    "open_clip": "open-clip-torch",
+    "timm": "timm",
+    "clip_benchmark": "clip-benchmark",
+    "sklearn": "scikit-learn",
+    "scipy": "scipy",
+    "webdataset": "webdataset",
+    "torchvision": "torchvision",
+}
+
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+
+
+def pytest_configure(config):
+    missing = [package for module, package in ORACLE_LIBRARIES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise pytest.UsageError(
+            f"The tests' oracle libraries {missing} are not installed; the parity tests need them. "
+            'Install the test extra: pip install -e ".[test]"'
+        )
+
+
+# --- helpers --------------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a rendezvous (torch.distributed, accelerate launch)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a child Python process: offline, one thread per process, this repository importable."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])), **extra}
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +80,32 @@ def emoji_dir() -> Path:
     if not EMOJI.is_dir():
         pytest.fail(f"Emoji dataset not found at {EMOJI}; set MOBILECLIP_SHARED to the shared folder.")
     return EMOJI
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved `mobileclip-tiny` folder (random weights, seed 0) that AutoModel / AutoProcessor load."""
+    from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
+    from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_model")
+    MobileCLIPModel(MobileCLIPConfig.from_variant("mobileclip-tiny")).eval().save_pretrained(folder)
+    MobileCLIPProcessor.from_variant("mobileclip-tiny").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def emoji_subset(tmp_path_factory, emoji_dir) -> Path:
+    """37 Twemoji rows (every 52nd, an odd count so process shards are uneven) as a local parquet dataset."""
+    import datasets
+
+    emoji = datasets.load_dataset(str(emoji_dir), "twitter", split="train")
+    subset = emoji.select(range(0, len(emoji), 52)).select_columns(["image", "name", "category", "captions"])
+    assert len(subset) == 37
+    path = tmp_path_factory.mktemp("emoji_subset") / "test.parquet"
+    subset.to_parquet(str(path))
+    return path
 
 
 @pytest.fixture

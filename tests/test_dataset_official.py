@@ -333,6 +333,7 @@ def parquet_bytes(output):
     return {p.name: p.read_bytes() for p in sorted((output / "data").glob("*.parquet"))}
 
 
+@pytest.mark.slow
 def test_conversion_joins_images_in_parallel_as_one_worker_would_and_resumes(joined_set, tmp_path):
     import pyarrow.parquet as pq
 
@@ -368,6 +369,7 @@ def test_conversion_joins_images_in_parallel_as_one_worker_would_and_resumes(joi
         assert parquet_bytes(two) == parquet_bytes(one)
 
 
+@pytest.mark.slow
 def test_unreadable_shards_are_named(joined_set, tmp_path):
     reinforcement, images, _ = joined_set
     garbage = tmp_path / "garbage.tar"

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 import torch.nn.functional as torch_F  # noqa: E402
 
 from dataset_scripts import reinforce as reinforce_module  # noqa: E402
+from dataset_scripts import run_state  # noqa: E402
 from dataset_scripts.augmentation import AugmentationParams, apply_augmentation  # noqa: E402
 from dataset_scripts.dr_format import load_reinforcement_metadata  # noqa: E402
 from dataset_scripts.teachers import Teacher, parse_model_spec  # noqa: E402
@@ -188,6 +189,7 @@ def assert_same_dataset(first, second):
             np.testing.assert_array_equal(np.asarray(a[key], np.float16), np.asarray(b[key], np.float16))
 
 
+@pytest.mark.slow
 def test_bad_samples_are_skipped_and_reported_and_crashes_resume_identically(tmp_path, models, faulty_source,
                                                                              monkeypatch):
     source = str(faulty_source / "*.parquet")
@@ -203,7 +205,7 @@ def test_bad_samples_are_skipped_and_reported_and_crashes_resume_identically(tmp
 
     # Crash 1: the run dies after two parts were written. Crash 2: between a part's Parquet and its state file.
     crashed = tmp_path / "crashed"
-    original_write, original_state = reinforce_module.write_parquet_shard, reinforce_module.write_json_atomic
+    original_write, original_state = run_state.write_parquet_shard, run_state.write_json_atomic
     calls = {"parquet": 0}
 
     def failing_write(examples, metadata, path):
@@ -212,21 +214,21 @@ def test_bad_samples_are_skipped_and_reported_and_crashes_resume_identically(tmp
             raise RuntimeError("simulated crash")
         return original_write(examples, metadata, path)
 
-    monkeypatch.setattr(reinforce_module, "write_parquet_shard", failing_write)
+    monkeypatch.setattr(run_state, "write_parquet_shard", failing_write)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(crashed, models, "--shard-size", "2", source=source, teachers=models["open_clip_teacher"])
     assert len(list((crashed / "data").glob("*.parquet"))) == 2 and not (crashed / "README.md").exists()
-    monkeypatch.setattr(reinforce_module, "write_parquet_shard", original_write)
+    monkeypatch.setattr(run_state, "write_parquet_shard", original_write)
 
     def failing_state(path, payload):
         if "unit" in payload and len(list(path.parent.glob("*.json"))) == 3:
             raise RuntimeError("crash before the state file")
         return original_state(path, payload)
 
-    monkeypatch.setattr(reinforce_module, "write_json_atomic", failing_state)
+    monkeypatch.setattr(run_state, "write_json_atomic", failing_state)
     with pytest.raises(RuntimeError, match="crash before"):
         run(crashed, models, "--shard-size", "2", source=source, teachers=models["open_clip_teacher"])
-    monkeypatch.setattr(reinforce_module, "write_json_atomic", original_state)
+    monkeypatch.setattr(run_state, "write_json_atomic", original_state)
     assert len(list((crashed / "data").glob("*.parquet"))) == 4  # the 4th part's Parquet has no state file
     entry = run(crashed, models, "--shard-size", "2", source=source, teachers=models["open_clip_teacher"])
     assert entry["complete"] and entry["written"] == 9 and entry["skipped"] == 2
@@ -252,6 +254,7 @@ def subprocess_env():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
 
 
+@pytest.mark.slow
 def test_killed_streaming_run_resumes_to_the_uninterrupted_result(tmp_path, models, faulty_source,
                                                                   streaming_reference):
     source = str(faulty_source / "*.parquet")
@@ -272,6 +275,7 @@ def test_killed_streaming_run_resumes_to_the_uninterrupted_result(tmp_path, mode
     assert_same_dataset(streaming_reference, killed)
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_units_and_match_one_process(tmp_path, models, faulty_source, streaming_reference):
     import socket
 
@@ -332,18 +336,56 @@ def test_teacher_with_mismatched_dimensions_is_rejected():
     assert parse_model_spec("open_clip:ViT-L-14:openai").pretrained == "openai"
 
 
-def test_push_to_hub_uploads_data_card_and_report_only(tmp_path, monkeypatch):
-    import huggingface_hub
+def test_teacher_views_are_normalised_as_the_models_processor_does():
+    """At the teacher's own input size resizing and cropping change nothing, so a teacher's input from uint8 views
+    must be exactly what the model's image processor makes of the same image (rescale, then its mean/std)."""
+    from PIL import Image
 
+    from modeling_mobileclip import MobileCLIPProcessor
+
+    image_processor = MobileCLIPProcessor.from_variant("mobileclip2-s3").image_processor  # OpenAI mean/std
+    size = image_processor.crop_size["height"]
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    expected = image_processor(images=[Image.fromarray(pixels)], return_tensors="pt")["pixel_values"]
+
+    class ProcessorSized(Teacher):
+        image_size, image_mean, image_std = size, tuple(image_processor.image_mean), tuple(image_processor.image_std)
+
+    teacher = ProcessorSized("fake:teacher", torch.device("cpu"), torch.float32)
+    views = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    torch.testing.assert_close(teacher.preprocess_views(views), expected, rtol=0, atol=1e-6)
+
+
+def test_push_to_hub_uploads_data_card_and_report_only(tmp_path, monkeypatch):
+    """What reaches the Hub is decided by huggingface_hub's own filter over the folder, applied to the patterns we
+    pass: the resume state and the leftovers of interrupted atomic writes stay local."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from dataset_scripts.hub_push import push_reinforced_dataset
+
+    published = ["README.md", "reinforce_report.json", "data/train-00000-0000.parquet"]
+    local_only = [".reinforce_state/metadata.json", ".reinforce_state/train/00000-0000.json",
+                  "reinforce_report.json.tmp", "data/train-00001-0000.parquet.tmp", "data/.tmp-k2j4/out/shard.parquet"]
+    for name in published + local_only:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
     calls = []
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(
         ("create", repo_id, kw)))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
-    reinforce_module.push_to_hub(tmp_path, "someone/my-dr")
-    assert calls[0] == ("create", "someone/my-dr", {"repo_type": "dataset", "exist_ok": True})
-    upload = calls[1][1]
+
+    def fake_upload(self, folder_path, ignore_patterns, **kw):
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        calls.append(("upload", sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns)), kw))
+        return "https://huggingface.co/datasets/someone/my-dr/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload)
+    url = push_reinforced_dataset(tmp_path, "someone/my-dr")
+    assert calls[0] == ("create", "someone/my-dr", {"repo_type": "dataset", "private": None, "exist_ok": True})
+    _, uploaded, upload = calls[1]
+    assert uploaded == sorted(published)
     assert upload["repo_id"] == "someone/my-dr" and upload["repo_type"] == "dataset"
-    assert upload["folder_path"] == str(tmp_path) and ".reinforce_state/**" in upload["ignore_patterns"]
+    assert url == "https://huggingface.co/datasets/someone/my-dr/commit/0"
 
 
 def test_hf_teacher_adapter_matches_our_mobileclip_model(tmp_path):

@@ -1,6 +1,7 @@
 """ARO loaders and scoring on tiny fixtures in the published layouts."""
 
 import json
+import sys
 from collections import Counter
 
 import numpy as np
@@ -10,7 +11,8 @@ from PIL import Image
 
 from evaluation import aro
 from evaluation.common import EvaluationInputError, make_accelerator
-from test_eval_helpers import ColourModel, ColourProcessor, single_torch_thread, tiny_model_dir  # noqa: F401 (fixtures)
+from eval_helpers import ColourModel, ColourProcessor
+from torch_threads import single_torch_thread  # noqa: F401 (fixture)
 
 
 def _two_colour_image(path):
@@ -83,7 +85,7 @@ def test_order_perturbations_keep_the_words_they_should():
     assert aro.pre_caption("one two three", max_words=2) == "one two"
 
 
-def test_order_dataset_layout_and_precision(tmp_path):
+def test_order_dataset_layout_and_precision(tmp_path, monkeypatch):
     _two_colour_image(tmp_path / "val2014" / "1.png")
     (tmp_path / "coco_karpathy_test.json").write_text(json.dumps(
         [{"image": "val2014/1.png", "caption": ["A big cat on the red mat.", "Two dogs."], "image_id": 1}]))
@@ -92,12 +94,11 @@ def test_order_dataset_layout_and_precision(tmp_path):
     assert cases[0].captions[0] == "a big cat on the red mat" and cases[0].image_path == tmp_path / "val2014" / "1.png"
     scores = torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.4], [0.2, 0.5, 0.1, 0.1, 0.1]])
     assert aro.aro_metrics("coco_order", cases, scores) == {"precision@1": 0.5}
-    # Without spaCy's tagger the order tasks explain what to install.
-    try:
-        import spacy  # noqa: F401
-    except ImportError:
-        with pytest.raises(EvaluationInputError, match="pip install spacy"):
-            aro.load_cases("coco_order", tmp_path)
+    # Without spaCy's tagger the order tasks explain what to install (spaCy hidden, whether installed here or not).
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    aro.spacy_tagger.cache_clear()
+    with pytest.raises(EvaluationInputError, match="pip install spacy"):
+        aro.load_cases("coco_order", tmp_path)
 
 
 def test_aro_cli_and_bad_input(vg_root, tiny_model_dir, tmp_path):

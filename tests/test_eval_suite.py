@@ -1,6 +1,6 @@
 """The 38-task suite on tiny local datasets in the published layouts, with a model whose answers are known.
 
-The colour model (test_eval_helpers) makes every prediction, hence every main metric, computable by hand. The
+The colour model (eval_helpers) makes every prediction, hence every main metric, computable by hand. The
 classification and retrieval fixtures are written by CLIP_benchmark's own WebDataset exporter (the layout oracle).
 """
 
@@ -17,7 +17,8 @@ import datasets
 from evaluation.common import make_accelerator
 from evaluation.datasets_io import load_eval_dataset
 from evaluation.suite import DATACOMP38, IMAGENET_SHIFT, main as suite_main, run_suite, select_tasks
-from test_eval_helpers import ColourModel, ColourProcessor, single_torch_thread, swatch, tiny_model_dir  # noqa: F401
+from eval_helpers import ColourModel, ColourProcessor, swatch
+from torch_threads import single_torch_thread  # noqa: F401 (fixture)
 
 class _Pairs(torch.utils.data.Dataset):
     def __init__(self, pairs, classes=None, templates=None):

@@ -2,11 +2,8 @@
 
 import builtins
 import json
-import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +14,11 @@ from clip_benchmark.metrics import zeroshot_retrieval as cb_zsr
 from transformers import AutoModel, AutoProcessor
 
 import datasets
+from conftest import REPO_ROOT, free_port, subprocess_env
 from evaluation import retrieval, zero_shot
 from evaluation.common import EvaluationInputError
-from test_eval_helpers import emoji_subset, single_torch_thread, tiny_model_dir  # noqa: F401 (fixtures)
+from torch_threads import single_torch_thread  # noqa: F401 (fixture)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ["an emoji of {c}.", "a picture of {c}."]
 
 
@@ -89,12 +86,7 @@ def test_zero_shot_and_retrieval_equal_clip_benchmark(one_process_results, tiny_
         assert rt_record["metrics"][key] == pytest.approx(value, abs=1e-6), key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_two_cpu_processes_give_the_same_numbers(cli_inputs, one_process_results):
     folder, zs_args, rt_args = cli_inputs
     driver = folder / "two_process_driver.py"
@@ -108,10 +100,10 @@ def test_two_cpu_processes_give_the_same_numbers(cli_inputs, one_process_results
         f"(__import__('pathlib').Path({str(folder)!r}) / f'rank{{state.process_index}}.txt')"
         ".write_text(f'{state.distributed_type} {state.num_processes}')\n"
     )
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(ACCELERATE_USE_CPU="true")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(driver)]
+               "--main_process_port", str(free_port()), str(driver)]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [(folder / f"rank{index}.txt").read_text() for index in range(2)]

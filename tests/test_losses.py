@@ -2,12 +2,12 @@
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import free_port
 from training.losses import ContrastiveLoss, ReinforcedCLIPLoss
 
 
@@ -152,12 +152,6 @@ def test_input_validation_messages():
 # --- real 2-process gather (gloo) --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _loss_and_gradients(image, texts, teacher_image, teacher_texts, logit_scale, rows, local_loss, rank, world_size):
     local_image = image[rows].clone().requires_grad_()
     local_texts = [t[rows].clone().requires_grad_() for t in texts]
@@ -186,6 +180,7 @@ def _distributed_worker(rank, world_size, port, inputs, results):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_gather_gives_single_process_loss_and_gradients():
     """Rank-averaged loss and DDP-averaged gradients equal one process holding the global batch (with and
     without local_loss)."""
@@ -202,7 +197,7 @@ def test_two_process_gather_gives_single_process_loss_and_gradients():
     )
     ref_loss, ref_image, ref_texts, ref_scale = _loss_and_gradients(*inputs, slice(None), False, 0, 1)
     results = mp.Manager().dict()
-    mp.spawn(_distributed_worker, args=(2, _free_port(), inputs, results), nprocs=2, join=True)
+    mp.spawn(_distributed_worker, args=(2, free_port(), inputs, results), nprocs=2, join=True)
     for local_loss in (False, True):
         ranks = [results[(r, local_loss)] for r in range(2)]
         torch.testing.assert_close((ranks[0][0] + ranks[1][0]) / 2, ref_loss, rtol=1e-5, atol=1e-6)

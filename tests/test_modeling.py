@@ -56,9 +56,7 @@ def test_forward_outputs_and_loss(tiny_model, tiny_config):
     torch.testing.assert_close(output.image_embeds, image)
     expected_logits = math.exp(tiny_config.logit_scale_init_value) * text @ image.t()
     torch.testing.assert_close(output.logits_per_text, expected_logits)
-    labels = torch.arange(3)
-    reference_loss = (F.cross_entropy(expected_logits, labels) + F.cross_entropy(expected_logits.t(), labels)) / 2
-    torch.testing.assert_close(output.loss, reference_loss)
+    assert output.loss.item() == pytest.approx(_hand_infonce(expected_logits), rel=1e-5)
     # transformers 5 convention: get_*_features return model outputs whose pooler_output is the projection.
     torch.testing.assert_close(tiny_model.get_text_features(input_ids).pooler_output, tiny_model.encode_text(input_ids))
     as_tuple = tiny_model(input_ids=input_ids, pixel_values=pixel_values, return_dict=False)
@@ -205,11 +203,27 @@ def test_from_scratch_init_is_trainable(tiny_config):
     assert losses[-1] < losses[0] * 0.8
 
 
-def test_contrastive_loss_matches_reference():
-    logits = torch.randn(5, 5)
-    labels = torch.arange(5)
-    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-    torch.testing.assert_close(contrastive_loss(logits), expected)
+def _hand_infonce(logits_per_text: torch.Tensor) -> float:
+    """Symmetric InfoNCE from its definition (CLIP, Radford et al. 2021, Fig. 3), one row at a time in Python floats:
+    text i scores -log(exp(l_ii) / sum_j exp(l_ij)) over its row, image i the same over its column; the two means
+    are averaged."""
+    rows = logits_per_text.double().tolist()
+    n = len(rows)
+    per_text = [math.log(sum(math.exp(value) for value in rows[i])) - rows[i][i] for i in range(n)]
+    per_image = [math.log(sum(math.exp(rows[j][i]) for j in range(n))) - rows[i][i] for i in range(n)]
+    return (sum(per_text) / n + sum(per_image) / n) / 2
+
+
+def test_contrastive_loss_matches_closed_form_hand_loop_and_open_clip():
+    from open_clip.loss import ClipLoss
+
+    # Scaled identity s * I_n: every row and column gives -log(e^s / (e^s + (n - 1))) = log(1 + (n - 1) e^-s).
+    assert contrastive_loss(2.0 * torch.eye(4)).item() == pytest.approx(math.log(1 + 3 * math.exp(-2.0)), rel=1e-6)
+    logits = 10 * torch.randn(5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert contrastive_loss(logits).item() == pytest.approx(_hand_infonce(logits), rel=1e-12)
+    # open_clip's ClipLoss on features whose scaled products are these logits: images = logits^T, texts = I.
+    peer = ClipLoss()(logits.t().contiguous(), torch.eye(5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(contrastive_loss(logits), peer)
 
 
 def test_variant_registry_and_errors():

@@ -340,6 +340,7 @@ RELOAD_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_save_and_auto_processor_reload_without_our_package(tmp_path, golden_images):
     processor = MobileCLIPProcessor.from_variant("mobileclip2-l-14")  # bicubic, normalised, odd crop margin
     processor.save_pretrained(tmp_path / "saved")

@@ -74,6 +74,7 @@ def run_clean_process(folder, image_paths, captions, labels, out, tmp_path):
 
 
 @pytest.mark.parametrize("reparameterize", [False, True], ids=["train_form", "fused"])
+@pytest.mark.slow
 def test_converted_folder_loads_in_clean_process_with_apple_outputs(golden_dir, tmp_path, reparameterize):
     checkpoint = tmp_path / "mobileclip_s0.pt"
     torch.save(golden_state_dict(golden_dir, "s0"), checkpoint)
@@ -118,6 +119,7 @@ def test_converted_folder_loads_in_clean_process_with_apple_outputs(golden_dir, 
         assert scores[label] == pytest.approx(probability, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_model_save_pretrained_round_trip_through_auto_classes(tmp_path):
     """A from-scratch model (as training saves it) reloads identically through AutoModel in a clean process."""
     torch.manual_seed(0)

@@ -71,7 +71,7 @@ def test_a_single_parquet_file_is_training_data(tmp_path):
 
 
 def test_card_teacher_dims_edited_with_the_same_sum_are_caught_by_the_slice_norms(tmp_path):
-    from test_train import build_reinforced_dataset
+    from train_helpers import build_reinforced_dataset
     from training.config import TrainingConfig
     from training.data import DataValidationError, load_train_dataset, validate_dataset
 

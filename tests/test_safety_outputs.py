@@ -1,4 +1,5 @@
-"""Output folders have an owner: reinforcement and training refuse to write into another run's folder."""
+"""Output folders have an owner: reinforcement and training refuse to write into another run's folder; every file
+and folder is written atomically (`dataset_scripts.atomic`), so a failed write leaves the previous content."""
 
 import json
 import os
@@ -97,15 +98,15 @@ def test_duplicated_uids_are_an_error_or_dropped_and_reported(tmp_path, models):
 
 @pytest.fixture(scope="module")
 def reinforced_data(tmp_path_factory):
-    from test_train import build_reinforced_dataset
+    from train_helpers import build_reinforced_dataset
 
     return build_reinforced_dataset(tmp_path_factory.mktemp("reinforced"), num_rows=16)
 
 
 def _config(**values):
-    from test_train import _tiny_config
+    from train_helpers import tiny_config
 
-    return _tiny_config(**values)
+    return tiny_config(**values)
 
 
 def test_training_into_another_runs_folder_is_refused_and_the_old_run_is_untouched(
@@ -196,3 +197,57 @@ def test_converted_folders_have_an_owner_too(tmp_path, models, capsys):
     with pytest.raises(ValueError, match=r"reinforced with other settings: teachers: .*--overwrite"):
         convert(a / "*.tar", reinforced)
     assert len(read_output(reinforced)) == 3 and "datacompdr" in (reinforced / "README.md").read_text()
+
+
+def test_the_main_process_records_ownership_only_after_every_process_has_checked(tmp_path):
+    """Otherwise another process may check while `metadata.json.tmp` exists and refuse it as a foreign file (seen
+    in the two-process run of test_safety_workers)."""
+    from dataset_scripts.dr_format import ReinforcementMetadata, TeacherInfo
+    from dataset_scripts.ownership import claim_output
+
+    output, records_at_barrier = tmp_path / "out", []
+    metadata = ReinforcementMetadata(teachers=[TeacherInfo("open_clip:tiny:none", 4)], num_augmentations=1,
+                                     num_synthetic_captions=0)
+    claim_output(output, output / ".reinforce_state", "train", {"source": "x"}, metadata, overwrite=False,
+                 is_main=True, has_part_states=False,
+                 barrier=lambda: records_at_barrier.append(sorted(p.name for p in output.rglob("*"))))
+    assert records_at_barrier == [[]]
+    assert sorted(p.name for p in (output / ".reinforce_state").iterdir()) == ["fingerprint.json", "metadata.json"]
+
+
+# ----------------------------------------------------------------------------------------------- atomic writes
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    from dataset_scripts.atomic import atomic_path, write_json_atomic
+
+    path = tmp_path / "sub" / "state.json"
+    write_json_atomic(path, {"step": 1})
+    assert json.loads(path.read_text()) == {"step": 1} and os.listdir(path.parent) == ["state.json"]
+    with pytest.raises(RuntimeError, match="writer died"):
+        with atomic_path(path) as staged:
+            staged.write_text('{"step": 2, "half')
+            raise RuntimeError("writer died")
+    assert json.loads(path.read_text()) == {"step": 1} and os.listdir(path.parent) == ["state.json"]
+    with atomic_path(path) as staged:
+        staged.write_text('{"step": 3}')
+        assert json.loads(path.read_text()) == {"step": 1}  # not visible before the block ends
+    assert json.loads(path.read_text()) == {"step": 3} and os.listdir(path.parent) == ["state.json"]
+
+
+def test_an_atomic_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):
+    from dataset_scripts.atomic import atomic_folder
+
+    folder = tmp_path / "model"
+    with atomic_folder(folder) as staging:
+        (staging / "config.json").write_text("old")
+    with pytest.raises(RuntimeError, match="copy died"):
+        with atomic_folder(folder) as staging:
+            (staging / "config.json").write_text("new")
+            raise RuntimeError("copy died")
+    assert os.listdir(tmp_path) == ["model"] and (folder / "config.json").read_text() == "old"
+    (tmp_path / "model.tmp").mkdir()  # an interrupted earlier build
+    (tmp_path / "model.tmp" / "stale.bin").write_text("stale")
+    with atomic_folder(folder) as staging:
+        (staging / "weights.safetensors").write_text("new")
+    assert os.listdir(tmp_path) == ["model"] and os.listdir(folder) == ["weights.safetensors"]

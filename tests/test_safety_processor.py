@@ -93,6 +93,7 @@ def _probe_memory(width, height):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
 @pytest.mark.parametrize("width,height", [(20000, 1), (1, 20000)])
+@pytest.mark.slow
 def test_extreme_aspect_ratio_is_refused_clearly_within_bounded_memory(width, height):
     result = _probe_memory(width, height)
     assert result["png_bytes"] < 100_000  # a tiny file: the memory would all come from the processing
@@ -107,6 +108,7 @@ def test_extreme_aspect_ratio_is_refused_clearly_within_bounded_memory(width, he
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+@pytest.mark.slow
 def test_ordinary_image_uses_little_memory():
     result = _probe_memory(300, 200)
     assert result["shape"] == [1, 3, 256, 256]

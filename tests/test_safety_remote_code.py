@@ -17,7 +17,6 @@ from accelerate import Accelerator
 
 from evaluation import retrieval
 from evaluation.common import RemoteCodeError, evaluation_parser, load_model_and_processor
-from test_eval_helpers import emoji_subset, tiny_model_dir  # noqa: F401 (fixtures)
 
 
 EVIL_CODE = """
@@ -36,7 +35,7 @@ class EvilModel(MobileCLIPModel):
 
 
 @pytest.fixture
-def folders(tmp_path, tiny_model_dir):  # noqa: F811 (fixture)
+def folders(tmp_path, tiny_model_dir):
     marker = tmp_path / "code_ran"
     ours = shutil.copytree(tiny_model_dir, tmp_path / "ours")
     code = ours / "modeling_mobileclip.py"
@@ -57,14 +56,15 @@ def _retrieval(model: Path, dataset: Path, *extra: str) -> dict:
                            "--batch-size", "8", "--num-workers", "0", "--cpu", *extra])
 
 
-def test_remote_code_does_not_run_without_the_flag(folders, emoji_subset):  # noqa: F811 (fixture)
+def test_remote_code_does_not_run_without_the_flag(folders, emoji_subset):
     ours, remote, marker = folders
     with pytest.raises(RemoteCodeError, match=r"names custom code .*evil\.EvilModel.*rerun with --trust-remote-code"):
         _retrieval(remote, emoji_subset)
     assert not marker.exists()
 
 
-def test_mobileclip_folders_load_with_our_classes_never_their_copied_code(folders, emoji_subset):  # noqa: F811
+@pytest.mark.slow
+def test_mobileclip_folders_load_with_our_classes_never_their_copied_code(folders, emoji_subset):
     from modeling_mobileclip import MobileCLIPModel
 
     ours, remote, marker = folders
@@ -103,6 +103,7 @@ def test_latency_refuses_non_mobileclip_folders_without_running_their_code(folde
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_hf_teachers_run_remote_code_only_with_hf_plus_remote(folders):
     from dataset_scripts.teachers import load_teacher, parse_model_spec
 

@@ -1,45 +1,35 @@
 """A failing process of a multi-process reinforcement ends the whole job with its error; a rerun resumes."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
 
-import pytest  # noqa: E402
-
-from test_dataset_reinforce import (  # noqa: E402,F401 (fixtures)
-    REPO_ROOT, STREAMING, assert_same_dataset, cli_args, faulty_source, models, run, streaming_reference,
-    subprocess_env,
+from conftest import REPO_ROOT, free_port, subprocess_env
+from test_dataset_reinforce import (  # noqa: F401 (fixtures)
+    STREAMING, assert_same_dataset, cli_args, faulty_source, models, run, streaming_reference,
 )
-from torch_threads import single_torch_thread  # noqa: E402,F401 (autouse fixture)
+from torch_threads import single_torch_thread  # noqa: F401 (autouse fixture)
 
 # Rank 1 takes unit 1 (the second source file); its DataLoader worker raises on the unit's third row, after the
 # unit's first part (rows 0-1, `--shard-size 2`) was written. An exception type the image-skipping code does not
 # catch: it comes from outside the decoder.
 DRIVER = """
 import os, sys
-from dataset_scripts import reinforce
+from dataset_scripts import reinforce, sample_stream
 
-original = reinforce.ReinforcementStream._add_example
+original = sample_stream.ReinforcementStream._add_example
 
 def failing(self, batch, example, unit, row):
     if os.environ["RANK"] == "1" and unit == 1 and row == 2:
         raise KeyError("injected worker failure: unit 1 row 2")
     return original(self, batch, example, unit, row)
 
-reinforce.ReinforcementStream._add_example = failing
+sample_stream.ReinforcementStream._add_example = failing
 reinforce.main(sys.argv[1:])
 """
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch_two_ranks(driver_code, argv, tmp_path):
@@ -71,6 +61,7 @@ def launch_two_ranks(driver_code, argv, tmp_path):
     return outcomes
 
 
+@pytest.mark.slow
 def test_a_failing_worker_on_one_rank_ends_both_processes_with_its_error_and_the_rerun_resumes(
         tmp_path, models, faulty_source, streaming_reference):
     output = tmp_path / "out"
@@ -106,6 +97,7 @@ def test_processes_that_accelerate_would_run_alone_are_refused(tmp_path, models,
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_a_rank_killed_outright_ends_the_other_with_a_clear_error(tmp_path, models, faulty_source):
     # os._exit: no exception, no status sent; the survivor must not wait for it.
     killed = DRIVER.replace('raise KeyError("injected worker failure: unit 1 row 2")', "os._exit(3)")

@@ -4,78 +4,27 @@ other modes, 2-process DDP against 1 process, and kill + resume against an unint
 All models are `mobileclip-tiny`; subprocess runs use `accelerate launch` exactly as users do.
 """
 
-import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import EMOJI, REPO_ROOT
-
-
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TINY = ["--variant", "mobileclip-tiny", "--mixed_precision", "no", "--report_to", "none", "--num_workers", "0",
-        "--logging_steps", "1", "--warmup_steps", "2"]
-
-
-# --- helpers ------------------------------------------------------------------------------------------------------
-
-
-def build_reinforced_dataset(path: Path, num_rows: int = 32, num_augmentations: int = 3, num_synthetic: int = 2,
-                             dims=(6, 4), seed: int = 0, logit_scales=None) -> Path:
-    """A reinforced dataset in the format of dataset_scripts/dr_format.py from emoji images.
-
-    Teacher embeddings are learnable on purpose: every view and caption of image i embeds near one random vector
-    per image (per teacher, L2-normalised), so distillation targets the identity-like similarity structure.
-    """
-    import datasets
-
-    from dataset_scripts.augmentation import AugmentationConfig, sample_augmentation
-    from dataset_scripts.dr_format import (ReinforcementMetadata, TeacherInfo, shard_filename, write_dataset_card,
-                                           write_parquet_shard)
-
-    source = datasets.load_dataset(str(EMOJI), "twitter", split="train").select(range(num_rows))
-    metadata = ReinforcementMetadata(
-        teachers=[TeacherInfo(f"open_clip:tiny-{i}:none", d, None if logit_scales is None else logit_scales[i])
-                  for i, d in enumerate(dims)],
-        num_augmentations=num_augmentations, num_synthetic_captions=num_synthetic,
-        augmentation=AugmentationConfig(size=48), seed=seed,
-    )
-    generator = torch.Generator().manual_seed(seed)
-
-    def near(base, count):
-        noisy = base + 0.1 * torch.randn(count, base.shape[-1], generator=generator)
-        return torch.cat([F.normalize(part, dim=-1) for part in noisy.split(list(dims), dim=-1)], -1).numpy()
-
-    rows = []
-    for index, record in enumerate(source):
-        image = record["image"]
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        base = torch.randn(1, sum(dims), generator=generator)
-        rows.append({
-            "uid": f"emoji-{index}",
-            "image": {"bytes": buffer.getvalue(), "path": None},
-            "caption": record["captions"][0],
-            "syn_captions": record["captions"][1 : 1 + num_synthetic],
-            "aug_params": [sample_augmentation(image.height, image.width, metadata.augmentation, generator).to_json()
-                           for _ in range(num_augmentations)],
-            "image_emb": near(base, num_augmentations).astype(np.float16),
-            "text_emb": near(base, 1 + num_synthetic).astype(np.float16),
-        })
-    write_parquet_shard(rows, metadata, path / shard_filename("train", 0, 0))
-    write_dataset_card(path, metadata, {"train": num_rows})
-    return path
+from conftest import EMOJI
+from eval_helpers import hand_zero_shot_top1
+from train_helpers import (
+    TINY,
+    assert_same_weights,
+    build_reinforced_dataset,
+    launch_two_processes,
+    resolved_config,
+    run_checked,
+    run_killed_and_resumed,
+    tiny_config,
+    write_driver,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,93 +32,14 @@ def reinforced_data(tmp_path_factory) -> Path:
     return build_reinforced_dataset(tmp_path_factory.mktemp("reinforced"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-DRIVER = """
-import os, sys, time, pathlib, torch
-sys.path.insert(0, {repo!r})
-from training.train import main
-
-dump_dir, pause_at = pathlib.Path(sys.argv[1]), int(os.environ.get("PAUSE_AT_STEP", "-1"))
-
-def on_gradients(step, model, losses):
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    if step == 0:
-        grads = {{n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}}
-        torch.save({{"loss": losses["loss"].detach(), "grads": grads}}, dump_dir / f"step0_rank{{rank}}.pt")
-    if step == pause_at:  # simulate a hang mid-training: the test kills the process here
-        (dump_dir / "paused").touch()
-        time.sleep(3600)
-
-main(sys.argv[2:], on_gradients=on_gradients)
-"""
-
-
-def _driver(tmp_path: Path) -> Path:
-    path = tmp_path / "driver.py"
-    path.write_text(DRIVER.format(repo=str(REPO_ROOT)))
-    return path
-
-
-def _env(**extra) -> dict:
-    return {**os.environ, **OFFLINE_ENV, **extra}
-
-
-def _run(command, timeout=240, **env):
-    result = subprocess.run(command, env=_env(**env), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    output = f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{output}"
-    return result
-
-
-def _launch_two_processes(driver: Path, dump_dir: Path, args: list[str]):
-    """`accelerate launch` of the driver on 2 CPU processes (gloo), as the training README shows."""
-    return _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                 "--main_process_port", str(_free_port()), str(driver), str(dump_dir), *args],
-                ACCELERATE_USE_CPU="true")
-
-
-def _kill_when_paused(command: list[str], dump_dir: Path, pause_at: int, timeout: float = 240) -> None:
-    """Runs `command` (the driver) until it pauses at step `pause_at`, then SIGKILLs it: a crash mid-training."""
-    process = subprocess.Popen(command, env=_env(PAUSE_AT_STEP=str(pause_at)), cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not (dump_dir / "paused").exists():
-            assert process.poll() is None, f"run ended before the kill:\n{process.stderr.read()[-4000:]}"
-            assert time.monotonic() < deadline, f"timed out waiting for step {pause_at}"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-
-
-def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(model_dir / "model.safetensors"))
-
-
 # --- input validation ---------------------------------------------------------------------------------------------
-
-
-def _tiny_config(**values):
-    from training.config import TrainingConfig
-
-    return TrainingConfig(**{"variant": "mobileclip-tiny", "mixed_precision": "no", "report_to": "none",
-                             "num_workers": 0, "per_device_batch_size": 4, "max_steps": 1, **values})
 
 
 def test_reinforced_mode_rejects_plain_data_with_a_clear_message(fresh_accelerate_state, tmp_path):
     from training.data import DataValidationError
     from training.train import train
 
-    config = _tiny_config(train_data=str(EMOJI), train_data_config="twitter", output_dir=str(tmp_path))
+    config = tiny_config(train_data=str(EMOJI), train_data_config="twitter", output_dir=str(tmp_path))
     with pytest.raises(DataValidationError, match=r"lacks column\(s\) \['uid', 'caption', 'syn_captions'.*"
                                                   r"does not look like a reinforced dataset"):
         train(config)
@@ -181,9 +51,9 @@ def test_teacher_settings_are_checked_against_the_dataset_card(fresh_accelerate_
 
     base = {"train_data": str(reinforced_data), "output_dir": str(tmp_path)}
     with pytest.raises(DataValidationError, match=r"teacher_logit_scales \[70.0\] has 1 values, but there are 2"):
-        train(_tiny_config(**base, teacher_logit_scales=[70.0]))
+        train(tiny_config(**base, teacher_logit_scales=[70.0]))
     with pytest.raises(DataValidationError, match=r"differ from the teachers recorded in the card"):
-        train(_tiny_config(**base, teachers=["open_clip:tiny-1:none", "open_clip:tiny-0:none"]))
+        train(tiny_config(**base, teachers=["open_clip:tiny-1:none", "open_clip:tiny-0:none"]))
 
 
 def test_stored_embedding_width_must_match_card_teacher_dims(fresh_accelerate_state, reinforced_data, tmp_path):
@@ -202,7 +72,7 @@ def test_stored_embedding_width_must_match_card_teacher_dims(fresh_accelerate_st
     meta["datacompdr"]["teachers"][1]["dim"] = 8  # the stored vectors are 6 + 4 wide
     (tampered / "README.md").write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n" + body)
     with pytest.raises(DataValidationError, match=r"'image_emb' stores embeddings of shape \(3, 10\).*dims \[6, 8\]"):
-        train(_tiny_config(train_data=str(tampered), output_dir=str(tmp_path / "out")))
+        train(tiny_config(train_data=str(tampered), output_dir=str(tmp_path / "out")))
 
 
 def test_batch_size_is_checked_against_processes_and_data(fresh_accelerate_state, reinforced_data, tmp_path):
@@ -211,12 +81,12 @@ def test_batch_size_is_checked_against_processes_and_data(fresh_accelerate_state
     from training.train import resolve_batch_sizes, train
 
     with pytest.raises(ConfigError, match="global_batch_size 10 cannot be split evenly over 3 processes"):
-        resolve_batch_sizes(_tiny_config(per_device_batch_size=None, global_batch_size=10), 3)
+        resolve_batch_sizes(tiny_config(per_device_batch_size=None, global_batch_size=10), 3)
     with pytest.raises(ConfigError, match=r"per_device_batch_size 4 x 2 processes != global_batch_size 16"):
-        resolve_batch_sizes(_tiny_config(global_batch_size=16), 2)
-    assert resolve_batch_sizes(_tiny_config(per_device_batch_size=None, global_batch_size=12), 3) == (12, 4)
+        resolve_batch_sizes(tiny_config(global_batch_size=16), 2)
+    assert resolve_batch_sizes(tiny_config(per_device_batch_size=None, global_batch_size=12), 3) == (12, 4)
     with pytest.raises(DataValidationError, match="32 rows, fewer than one global batch of 64"):
-        train(_tiny_config(train_data=str(reinforced_data), per_device_batch_size=64, output_dir=str(tmp_path)))
+        train(tiny_config(train_data=str(reinforced_data), per_device_batch_size=64, output_dir=str(tmp_path)))
 
 
 def test_multi_process_launch_without_distributed_backend_is_refused(fresh_accelerate_state, reinforced_data,
@@ -226,14 +96,15 @@ def test_multi_process_launch_without_distributed_backend_is_refused(fresh_accel
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="2 processes were launched but Accelerate runs each alone"):
-        train(_tiny_config(train_data=str(reinforced_data), output_dir=str(tmp_path)))
+        train(tiny_config(train_data=str(reinforced_data), output_dir=str(tmp_path)))
 
 
 # --- a short reinforced run on emoji --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_emoji_reinforced_run_lowers_loss_saves_loadable_folder_and_pushes(
-    fresh_accelerate_state, tmp_path, monkeypatch
+    fresh_accelerate_state, emoji_subset, tmp_path, monkeypatch
 ):
     """Reinforce 64 emoji with two tiny random teachers (dataset_scripts.reinforce), train, evaluate, save, push."""
     from huggingface_hub import HfApi
@@ -275,7 +146,7 @@ def test_emoji_reinforced_run_lowers_loss_saves_loadable_folder_and_pushes(
     result = main([*TINY, "--train_data", str(data), "--max_steps", "24", "--per_device_batch_size", "16",
                    "--learning_rate", "2e-3", "--output_dir", str(out), "--save_steps", "0",
                    "--teacher_logit_scales", "[70, 60]",
-                   "--eval_data", str(EMOJI), "--eval_data_config", "google", "--eval_split", "train",
+                   "--eval_data", str(emoji_subset), "--eval_split", "test",
                    "--eval_label_column", "category", "--eval_max_samples", "48", "--eval_steps", "12",
                    "--eval_templates", '["an emoji of {c}"]', "--save_reparameterized",
                    "--push_to_hub", "--hub_model_id", "me/tiny-emoji"])
@@ -284,7 +155,13 @@ def test_emoji_reinforced_run_lowers_loss_saves_loadable_folder_and_pushes(
     assert len(losses) == 24 and all(np.isfinite(losses))
     assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6]), losses
     assert result.history[0]["distill_loss"] > 0 and result.history[0]["loss"] == result.history[0]["distill_loss"]
-    assert 0.0 <= result.metrics["eval/acc1"] <= 1.0
+    # The final evaluation, scored again by hand from the saved folder: the 37 emoji of 9 categories.
+    import datasets
+
+    eval_rows = datasets.Dataset.from_parquet(str(emoji_subset))
+    assert len(eval_rows) == 37 and len(set(eval_rows["category"])) == 9
+    assert result.metrics["eval/acc1"] == pytest.approx(
+        hand_zero_shot_top1(out / "model", eval_rows["image"], eval_rows["category"], "an emoji of {c}"), abs=1e-6)
 
     model_dir = out / "model"
     files = {p.name for p in model_dir.iterdir()}
@@ -343,20 +220,21 @@ def test_clip_mode_on_plain_data_and_online_mode_with_teachers(fresh_accelerate_
 # --- distributed equivalence and exact resume -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process_on_the_same_global_batch(reinforced_data, tmp_path):
     """gloo DDP on 2 CPU processes (ACCELERATE_USE_CPU + --multi_gpu) vs 1 process: same loss, same gradients.
 
     BatchNorm runs on frozen statistics here: without SyncBatchNorm (GPU only) each process normalises with its own
     half-batch statistics, which a single process cannot reproduce.
     """
-    driver = _driver(tmp_path)
+    driver = write_driver(tmp_path)
     common = [*TINY, "--train_data", str(reinforced_data), "--max_steps", "1", "--freeze_batchnorm",
               "--global_batch_size", "8", "--save_steps", "0", "--kd_weight", "0.75"]
     one, two = tmp_path / "one", tmp_path / "two"
     for folder in (one, two):
         folder.mkdir()
-    _run([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
-    launched = _launch_two_processes(driver, two, [*common, "--output_dir", str(two / "out")])
+    run_checked([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
+    launched = launch_two_processes(driver, two, [*common, "--output_dir", str(two / "out")])
     assert "global batch 8 = 2 x 4" in launched.stdout, launched.stdout[-2000:]
 
     reference = torch.load(one / "step0_rank0.pt")
@@ -369,42 +247,24 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(reinforced_
             torch.testing.assert_close(rank["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_kill_mid_training_then_resume_latest_equals_uninterrupted_run(reinforced_data, tmp_path):
-    driver = _driver(tmp_path)
     # 32 rows / batch 8 = 4 steps per epoch: the run crosses epoch boundaries, resuming mid-epoch at step 6.
     common = [*TINY, "--train_data", str(reinforced_data), "--max_steps", "9", "--per_device_batch_size", "8",
               "--save_steps", "3", "--save_total_limit", "2"]
-    uninterrupted = tmp_path / "uninterrupted"
-    uninterrupted.mkdir()
-    _run([sys.executable, str(driver), str(uninterrupted), *common, "--output_dir", str(uninterrupted / "out")])
 
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    command = [sys.executable, str(driver), str(crashed), *common, "--output_dir", str(crashed / "out"),
-               "--resume_from_checkpoint", "latest"]
-    _kill_when_paused(command, crashed, 7)
-    checkpoints = sorted(p.name for p in (crashed / "out" / "checkpoints").iterdir())
-    assert checkpoints == ["step_3", "step_6"], checkpoints
-    assert not (crashed / "out" / "model").exists()
+    def killed_at_step_7(output_dir):
+        checkpoints = sorted(p.name for p in (output_dir / "checkpoints").iterdir())
+        assert checkpoints == ["step_3", "step_6"], checkpoints
+        assert not (output_dir / "model").exists()
 
-    _run(command)  # same command: resumes from checkpoints/step_6
-    resumed, reference = _weights(crashed / "out" / "model"), _weights(uninterrupted / "out" / "model")
-    assert resumed.keys() == reference.keys()
-    for name in reference:
-        assert torch.equal(resumed[name], reference[name]), name
-    history = [json.loads(line) for line in (crashed / "out" / "train_history.jsonl").read_text().splitlines()]
+    reference, resumed, _ = run_killed_and_resumed(tmp_path, common, 7, killed_at_step_7)  # resumes from step_6
+    assert_same_weights(resumed / "model", reference / "model")
+    history = [json.loads(line) for line in (resumed / "train_history.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history] == list(range(1, 10))
 
 
 # --- teacher logit scales from the card ---------------------------------------------------------------------------
-
-
-def _resolved_config(model_dir: Path) -> dict:
-    """The resolved training configuration recorded in the saved model card."""
-    import yaml
-
-    card = (model_dir / "README.md").read_text()
-    return yaml.safe_load(card.split("## Training configuration\n\n```yaml\n", 1)[1].split("\n```", 1)[0])
 
 
 def test_teacher_logit_scales_default_to_the_card_unless_configured():
@@ -416,11 +276,11 @@ def test_teacher_logit_scales_default_to_the_card_unless_configured():
 
         return DataSpec(True, True, ["a", "b"], [6, 4], AugmentationConfig(), 32, card_logit_scales=card_scales)
 
-    assert resolve_teacher_logit_scales(_tiny_config(), spec([14.6, 37.5])) == [14.6, 37.5]
-    assert resolve_teacher_logit_scales(_tiny_config(teacher_logit_scales=[70.0, 60.0]), spec([14.6, 37.5])) \
+    assert resolve_teacher_logit_scales(tiny_config(), spec([14.6, 37.5])) == [14.6, 37.5]
+    assert resolve_teacher_logit_scales(tiny_config(teacher_logit_scales=[70.0, 60.0]), spec([14.6, 37.5])) \
         == [70.0, 60.0]
-    assert resolve_teacher_logit_scales(_tiny_config(), spec(None)) == [DEFAULT_TEACHER_LOGIT_SCALE] * 2 == [100.0] * 2
-    assert resolve_teacher_logit_scales(_tiny_config(mode="clip"), spec([14.6, 37.5])) == []
+    assert resolve_teacher_logit_scales(tiny_config(), spec(None)) == [DEFAULT_TEACHER_LOGIT_SCALE] * 2 == [100.0] * 2
+    assert resolve_teacher_logit_scales(tiny_config(mode="clip"), spec([14.6, 37.5])) == []
 
 
 def test_card_logit_scales_reach_the_loss_and_explicit_scales_override(fresh_accelerate_state, tmp_path):
@@ -430,10 +290,10 @@ def test_card_logit_scales_reach_the_loss_and_explicit_scales_override(fresh_acc
 
     data = build_reinforced_dataset(tmp_path / "data", num_rows=16, logit_scales=[14.6, 37.5])
     base = {"train_data": str(data), "per_device_batch_size": 8, "save_steps": 0}
-    from_card = train(_tiny_config(**base, output_dir=str(tmp_path / "card")))
-    resolved = _resolved_config(from_card.model_dir)
+    from_card = train(tiny_config(**base, output_dir=str(tmp_path / "card")))
+    resolved = resolved_config(from_card.model_dir)
     assert resolved["teacher_logit_scales"] is None and resolved["teacher_logit_scales_resolved"] == [14.6, 37.5]
     assert "(logit scale 14.6)" in (from_card.model_dir / "README.md").read_text()
     AcceleratorState._reset_state(True)
-    explicit = train(_tiny_config(**base, teacher_logit_scales=[70.0, 60.0], output_dir=str(tmp_path / "explicit")))
-    assert _resolved_config(explicit.model_dir)["teacher_logit_scales_resolved"] == [70.0, 60.0]
+    explicit = train(tiny_config(**base, teacher_logit_scales=[70.0, 60.0], output_dir=str(tmp_path / "explicit")))
+    assert resolved_config(explicit.model_dir)["teacher_logit_scales_resolved"] == [70.0, 60.0]

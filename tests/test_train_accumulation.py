@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from model_helpers import perturb_
-from test_train import TINY, _driver, _launch_two_processes, _run, _tiny_config, _weights, build_reinforced_dataset
+from train_helpers import (
+    TINY,
+    build_reinforced_dataset,
+    launch_two_processes,
+    run_checked,
+    saved_weights,
+    tiny_config,
+    write_driver,
+)
 from torch_threads import single_torch_thread  # noqa: F401  (one intra-op thread for the tiny models)
 
 
@@ -252,7 +260,7 @@ def test_batch_that_does_not_split_into_micro_batches_is_refused_naming_both_num
     assert micro_batch_size(8, 4) == 2
     # Checked at start-up, before any data is read (the data path does not exist).
     with pytest.raises(ConfigError, match=r"per-device batch of 6 samples .* gradient_accumulation_steps=4"):
-        train(_tiny_config(train_data=str(tmp_path / "missing"), per_device_batch_size=6,
+        train(tiny_config(train_data=str(tmp_path / "missing"), per_device_batch_size=6,
                            gradient_accumulation_steps=4, output_dir=str(tmp_path / "out")))
     with pytest.raises(ConfigError, match=r"gradient_accumulation_steps must be >= 1, got 0"):
         parse_args(["--gradient_accumulation_steps", "0"])
@@ -286,7 +294,7 @@ def test_training_with_four_micro_batches_reaches_the_weights_of_the_large_batch
 
         result = main([*common, "--gradient_accumulation_steps", str(steps),
                        "--output_dir", str(tmp_path / f"steps{steps}")], on_gradients=on_gradients)
-        runs[steps] = result, gradients, _weights(result.model_dir)
+        runs[steps] = result, gradients, saved_weights(result.model_dir)
 
     assert "global batch 8 = 1 x 8 (in 4 micro-batches of 2) |" in capsys.readouterr().out
     (plain, plain_gradients, plain_weights), (accumulated, gradients, weights) = runs[1], runs[4]
@@ -304,18 +312,19 @@ def test_training_with_four_micro_batches_reaches_the_weights_of_the_large_batch
     assert worst <= 1e-6, f"max |weights(4 micro-batches) - weights(1)| = {worst:.3g}"
 
 
+@pytest.mark.slow
 def test_two_processes_in_micro_batches_with_local_loss_equal_one_process(tmp_path):
     """gloo DDP, 2 processes x 2 micro-batches of 2, local loss (the presets' setting): the all-reduce skipped for
     the first micro-batch and the gathered rows spliced per rank still give the 1-process large-batch gradients."""
     data = build_reinforced_dataset(tmp_path / "data", num_rows=16)
-    driver = _driver(tmp_path)
+    driver = write_driver(tmp_path)
     common = [*TINY, "--train_data", str(data), "--max_steps", "1", "--freeze_batchnorm", "--global_batch_size", "8",
               "--save_steps", "0", "--kd_weight", "0.75", "--local_loss"]
     one, two = tmp_path / "one", tmp_path / "two"
     for folder in (one, two):
         folder.mkdir()
-    _run([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
-    launched = _launch_two_processes(driver, two, [*common, "--gradient_accumulation_steps", "2",
+    run_checked([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
+    launched = launch_two_processes(driver, two, [*common, "--gradient_accumulation_steps", "2",
                                                   "--output_dir", str(two / "out")])
     assert "global batch 8 = 2 x 4 (in 2 micro-batches of 2)" in launched.stdout, launched.stdout[-2000:]
 

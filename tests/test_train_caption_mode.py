@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import EMOJI
-from test_train import _resolved_config, _tiny_config
+from train_helpers import resolved_config, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def _training_samples(data: Path, **values):
     from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
     from training.data import TrainingSamples, TrainingViews, load_train_dataset, validate_dataset
 
-    config = _tiny_config(train_data=str(data), **values)
+    config = tiny_config(train_data=str(data), **values)
     dataset = load_train_dataset(config)
     model_config = MobileCLIPConfig.from_variant("mobileclip-tiny")
     tokenizer = MobileCLIPProcessor.from_variant("mobileclip-tiny").tokenizer
@@ -83,7 +83,7 @@ def test_random_caption_mode_draws_every_real_caption_of_a_row(column_caption_da
             drawn.add(matches[0])
         assert drawn == set(range(len(candidates))), (row, drawn)
     with pytest.raises(ConfigError, match=r"caption_mode must be one of \('both', 'random'\), got 'gt'"):
-        _tiny_config(caption_mode="gt")
+        tiny_config(caption_mode="gt")
 
 
 @pytest.mark.parametrize("caption_mode", ["random", "both"])
@@ -111,10 +111,10 @@ def test_random_caption_mode_trains_with_the_cards_teacher_scale(fresh_accelerat
                                                                  tmp_path):
     from training.train import train
 
-    result = train(_tiny_config(train_data=str(column_caption_data), caption_mode="random", max_steps=2,
+    result = train(tiny_config(train_data=str(column_caption_data), caption_mode="random", max_steps=2,
                                 per_device_batch_size=8, save_steps=0, output_dir=str(tmp_path)))
     assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"]) and result.history[0]["distill_loss"]
-    resolved = _resolved_config(result.model_dir)
+    resolved = resolved_config(result.model_dir)
     assert resolved["caption_mode"] == "random"
     assert resolved["teacher_logit_scales_resolved"] == pytest.approx([14.6], rel=1e-6)
 

@@ -7,7 +7,6 @@ here in float64 from the weights the run went through, never the training code's
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import EMOJI
-from test_train import TINY, _driver, _kill_when_paused, _run, _weights, build_reinforced_dataset
+from eval_helpers import hand_zero_shot_top1
+from train_helpers import TINY, assert_same_weights, build_reinforced_dataset, run_killed_and_resumed, saved_weights
 
 
 @pytest.fixture(scope="module")
@@ -92,30 +91,21 @@ def test_ema_equals_the_hand_computed_recursion_for_parameters_and_buffers():
 # --- exact resume ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_ema_run_equals_the_uninterrupted_run_for_raw_and_ema_weights(reinforced_data, tmp_path):
-    driver = _driver(tmp_path)
     # 16 rows / batch 8 = 2 steps per epoch; the kill at step 4 resumes from checkpoints/step_3, mid-epoch.
     common = [*TINY, "--train_data", str(reinforced_data), "--max_steps", "6", "--per_device_batch_size", "8",
               "--save_steps", "3", "--ema_decay", "0.9"]
-    uninterrupted = tmp_path / "uninterrupted"
-    uninterrupted.mkdir()
-    _run([sys.executable, str(driver), str(uninterrupted), *common, "--output_dir", str(uninterrupted / "out")])
 
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    command = [sys.executable, str(driver), str(crashed), *common, "--output_dir", str(crashed / "out"),
-               "--resume_from_checkpoint", "latest"]
-    _kill_when_paused(command, crashed, 4)
-    checkpoint = crashed / "out" / "checkpoints" / "step_3"
-    assert (checkpoint / "ema.safetensors").is_file() and not (crashed / "out" / "model").exists()
+    def killed_at_step_4(output_dir):
+        checkpoint = output_dir / "checkpoints" / "step_3"
+        assert (checkpoint / "ema.safetensors").is_file() and not (output_dir / "model").exists()
 
-    _run(command)  # same command: resumes model, optimizer and EMA from checkpoints/step_3
+    # The rerun resumes model, optimizer and EMA from checkpoints/step_3.
+    reference, resumed, _ = run_killed_and_resumed(tmp_path, common, 4, killed_at_step_4)
     for folder in ("model", "model_ema"):
-        resumed, reference = _weights(crashed / "out" / folder), _weights(uninterrupted / "out" / folder)
-        assert resumed.keys() == reference.keys()
-        for name in reference:
-            assert torch.equal(resumed[name], reference[name]), f"{folder}: {name}"
-    raw, ema = _weights(uninterrupted / "out" / "model"), _weights(uninterrupted / "out" / "model_ema")
+        assert_same_weights(resumed / folder, reference / folder)
+    raw, ema = saved_weights(reference / "model"), saved_weights(reference / "model_ema")
     assert any(not torch.equal(raw[name], ema[name]) for name in raw)  # two different weight sets were compared
 
 
@@ -123,7 +113,7 @@ def test_killed_and_resumed_ema_run_equals_the_uninterrupted_run_for_raw_and_ema
 
 
 def test_save_ema_weights_saves_the_ema_as_the_model_and_evaluates_both(fresh_accelerate_state, reinforced_data,
-                                                                          tmp_path, capsys):
+                                                                          emoji_subset, tmp_path, capsys):
     from modeling_mobileclip import MobileCLIPModel
     from training.train import main
 
@@ -136,7 +126,7 @@ def test_save_ema_weights_saves_the_ema_as_the_model_and_evaluates_both(fresh_ac
     out = tmp_path / "run"
     result = main([*TINY, "--train_data", str(reinforced_data), "--max_steps", "4", "--per_device_batch_size", "8",
                    "--save_steps", "0", "--output_dir", str(out), "--ema_decay", str(decay), "--save_ema_weights",
-                   "--eval_data", str(EMOJI), "--eval_data_config", "google", "--eval_split", "train",
+                   "--eval_data", str(emoji_subset), "--eval_split", "test",
                    "--eval_label_column", "category", "--eval_max_samples", "16", "--eval_steps", "2",
                    "--eval_templates", '["an emoji of {c}"]'], on_gradients=record_weights)
 
@@ -146,7 +136,15 @@ def test_save_ema_weights_saves_the_ema_as_the_model_and_evaluates_both(fresh_ac
     assert raw_names == {name.removeprefix("eval_ema/") for name in result.metrics if name.startswith("eval_ema/")}
     for name in raw_names:
         assert f"'eval/{name}'" in periodic and f"'eval_ema/{name}'" in periodic, periodic
-    assert 0.0 <= result.metrics["eval/acc1"] <= 1.0 and 0.0 <= result.metrics["eval_ema/acc1"] <= 1.0
+    # Both final evaluations, scored again by hand from the saved folders (`model` holds the EMA, `model_raw` the raw
+    # weights): the first 16 emoji of the subset, 4 categories.
+    import datasets
+
+    rows = datasets.Dataset.from_parquet(str(emoji_subset)).select(range(16))
+    assert len(set(rows["category"])) == 4
+    for prefix, folder in (("eval/", out / "model_raw"), ("eval_ema/", out / "model")):
+        expected = hand_zero_shot_top1(folder, rows["image"], rows["category"], "an emoji of {c}")
+        assert result.metrics[f"{prefix}acc1"] == pytest.approx(expected, abs=1e-6), prefix
 
     # `model` holds the EMA of the trajectory that ends at the raw weights of `model_raw`; both load as models.
     assert result.model_dir == out / "model" and not (out / "model_ema").exists()

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from test_train import build_reinforced_dataset
+from train_helpers import build_reinforced_dataset
 
 from dataset_scripts.dr_format import shard_filename
 
@@ -229,49 +229,44 @@ def test_official_shards_join_their_images_on_the_fly_and_match_our_format(offic
 # --- training on streams, end to end ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_streaming_on_two_processes_trains_the_weights_of_one_process(sharded, tmp_path):
     """gloo DDP on 2 CPU processes vs 1 process, streaming 4 slots at global batch 8 (BatchNorm frozen: without
     SyncBatchNorm each process would normalise with its own half-batch statistics)."""
-    from test_train import TINY, _driver, _launch_two_processes, _run, _weights
+    from train_helpers import TINY, launch_two_processes, run_checked, saved_weights, write_driver
 
-    driver = _driver(tmp_path)
+    driver = write_driver(tmp_path)
     common = [*TINY, "--train_data", str(sharded), "--streaming", "--stream_slots", "4", "--max_steps", "3",
               "--freeze_batchnorm", "--global_batch_size", "8", "--save_steps", "0", "--learning_rate", "1e-4",
               "--num_workers", "1"]
     one, two = tmp_path / "one", tmp_path / "two"
     for folder in (one, two):
         folder.mkdir()
-    single = _run([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
+    single = run_checked([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
     assert f"streaming {SHARDS} parquet shards" in single.stdout
-    _launch_two_processes(driver, two, [*common, "--output_dir", str(two / "out")])
-    reference, distributed = _weights(one / "out" / "model"), _weights(two / "out" / "model")
+    launch_two_processes(driver, two, [*common, "--output_dir", str(two / "out")])
+    reference, distributed = saved_weights(one / "out" / "model"), saved_weights(two / "out" / "model")
     assert reference.keys() == distributed.keys()
     for name in reference:
         torch.testing.assert_close(distributed[name], reference[name], rtol=0, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_streaming_run_killed_and_resumed_equals_the_uninterrupted_run(sharded, tmp_path):
-    from test_train import TINY, _driver, _kill_when_paused, _run, _weights
+    from train_helpers import TINY, assert_same_weights, run_killed_and_resumed
 
-    driver = _driver(tmp_path)
     # 4 slots of 12 rows at 2 rows per slot and step: an epoch is 6 steps; the kill lands mid-epoch, mid-block.
     common = [*TINY, "--train_data", str(sharded), "--streaming", "--stream_slots", "4", "--max_steps", "9",
               "--per_device_batch_size", "8", "--save_steps", "4", "--num_workers", "2",
               "--shuffle_block_size", "5"]
-    uninterrupted, crashed = tmp_path / "uninterrupted", tmp_path / "crashed"
-    for folder in (uninterrupted, crashed):
-        folder.mkdir()
-    _run([sys.executable, str(driver), str(uninterrupted), *common, "--output_dir", str(uninterrupted / "out")])
-    command = [sys.executable, str(driver), str(crashed), *common, "--output_dir", str(crashed / "out"),
-               "--resume_from_checkpoint", "latest"]
-    _kill_when_paused(command, crashed, 6)
-    checkpoint = crashed / "out" / "checkpoints" / "step_4"
-    assert sorted(p.name for p in checkpoint.glob("stream_state_*.json")) == ["stream_state_0.json"]
-    resumed = _run(command)
-    assert "Resumed from" in resumed.stdout
-    final, reference = _weights(crashed / "out" / "model"), _weights(uninterrupted / "out" / "model")
-    for name in reference:
-        assert torch.equal(final[name], reference[name]), name
+
+    def killed_at_step_6(output_dir):
+        checkpoint = output_dir / "checkpoints" / "step_4"
+        assert sorted(p.name for p in checkpoint.glob("stream_state_*.json")) == ["stream_state_0.json"]
+
+    reference, resumed, rerun = run_killed_and_resumed(tmp_path, common, 6, killed_at_step_6)
+    assert "Resumed from" in rerun.stdout
+    assert_same_weights(resumed / "model", reference / "model")
 
 
 def test_official_shards_train_directly(official, tmp_path, fresh_accelerate_state):

@@ -30,6 +30,8 @@ import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from dataset_scripts.atomic import publish_folder, staging_folder, temporary_path
+
 from .config import ConfigError, TrainingConfig
 
 
@@ -158,11 +160,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     `process_files`: text files this process adds (name -> JSON text), e.g. its stream positions
     (`training.inputs.stream_state_files`).
     """
-    root = checkpoints_root(output_dir)
-    final, staging = root / f"step_{step}", root / f"step_{step}.tmp"
+    final = checkpoints_root(output_dir) / f"step_{step}"
+    staging = temporary_path(final)  # `step_N.tmp`: not a complete checkpoint to `list_checkpoints`
     if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging_folder(final)
     accelerator.wait_for_everyone()
     # Every process has its own RNG streams; model and optimizer are identical across DDP processes.
     (staging / RNG_FILE.format(accelerator.process_index)).write_text(json.dumps(_rng_state()))
@@ -181,8 +182,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
         (staging / TRAINER_STATE_FILE).write_text(json.dumps({"step": step}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+        publish_folder(staging, final)
         if total_limit:
             for _, old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)

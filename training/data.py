@@ -41,7 +41,7 @@ class DataValidationError(ValueError):
 
 
 # Single data files given as `train_data`, read through `data_files` with their packaged builder (as
-# dataset_scripts.reinforce.load_source does).
+# dataset_scripts.sample_stream.load_source does).
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 # Stored teacher embeddings are L2-normalised per teacher (dr_format): a slice whose rows are not of unit norm
 # means the card's per-teacher dims do not cut the stored vectors where the teachers' embeddings meet.

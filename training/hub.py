@@ -3,7 +3,8 @@
 `save_trained_model` writes `config.json` (with `auto_map`), `model.safetensors`, the remote-code files and the
 processor through `modeling_mobileclip.convert.save_model_folder`, plus a README.md model card recording the
 training configuration and final metrics; optionally a reparameterized (fused) copy for inference/export.
-`push_folder` uploads with `huggingface_hub.HfApi` (`create_repo(exist_ok=True)` + `upload_folder`).
+`push_folder` uploads it to a Hub model repo through `dataset_scripts.hub_push`, the one upload the dataset scripts
+use too.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import torch
 import yaml
-from huggingface_hub import HfApi, ModelCardData
+from huggingface_hub import ModelCardData
 
+from dataset_scripts import hub_push
 from modeling_mobileclip.convert import save_model_folder
 
 
@@ -100,12 +102,9 @@ def save_trained_model(model, processor, output_dir: str | Path, resolved_config
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
-    """Creates `repo_id` if needed and uploads `folder` (subfolders included); returns the commit URL."""
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
-                               commit_message=commit_message or "Upload MobileCLIP trained with training/train.py")
-    return str(getattr(commit, "commit_url", commit))
+    """Creates the model repo `repo_id` if needed and uploads `folder` (subfolders included); returns the commit URL."""
+    return hub_push.push_folder(folder, repo_id, private,
+                                commit_message or "Upload MobileCLIP trained with training/train.py", repo_type="model")
 
 
 __all__ = ["model_card_text", "push_folder", "save_trained_model"]

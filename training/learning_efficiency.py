@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataset_scripts.atomic import atomic_path
 from dataset_scripts.teachers import Teacher
 
 RECALL_K = (1, 5)
@@ -257,11 +258,9 @@ def plot_learning_curves(curves: dict[str, Any], metric: str, path: Path, title:
         axis.legend(fontsize=8)
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".tmp.png")
-    figure.savefig(staging, dpi=110)
+    with atomic_path(path) as staged:
+        figure.savefig(staged, dpi=110, format="png")
     plt.close(figure)
-    staging.replace(path)
     return path
 
 

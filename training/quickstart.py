@@ -55,7 +55,7 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 
 import dataset_scripts  # noqa: E402
-from dataset_scripts.run_state import write_json_atomic  # noqa: E402
+from dataset_scripts.atomic import atomic_folder, atomic_path, write_json_atomic  # noqa: E402
 
 from training import learning_efficiency as le  # noqa: E402
 
@@ -107,8 +107,7 @@ class Settings:
                 raise ValueError(f"{output_dir} holds a quickstart run with other settings ({'; '.join(changed)}). "
                                  "Rerun with the same settings to resume it, or pass a new --output-dir.")
             return
-        output_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(current, indent=1))
+        write_json_atomic(path, current)
 
 
 SCALES = {
@@ -150,10 +149,8 @@ def train_rows(rows: datasets.Dataset) -> datasets.Dataset:
 def write_parquet_once(rows: datasets.Dataset, path: Path) -> Path:
     """`rows` as one Parquet file (images keep their PNG bytes); written once, atomically."""
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(path.name + ".tmp")
-        rows.to_parquet(str(staging))
-        os.replace(staging, path)
+        with atomic_path(path) as staged:
+            rows.to_parquet(str(staged))
     return path
 
 
@@ -185,11 +182,8 @@ def _config(settings: Settings, device: str, **overrides: Any):
 
 def _copy_folder_once(source: Path, destination: Path) -> Path:
     if not (destination / "config.json").is_file():
-        staging = destination.with_name(destination.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
-        shutil.rmtree(destination, ignore_errors=True)
-        os.replace(staging, destination)
+        with atomic_folder(destination) as staging:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
     return destination
 
 

@@ -33,6 +33,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from dataset_scripts.pixels import normalize_pixels
 from training.config import ConfigError
 from training.losses import ReinforcedCLIPLoss
 
@@ -42,7 +43,7 @@ Normalize = Callable[[torch.Tensor], torch.Tensor]
 
 def normalize_views(views: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 (B, 3, S, S) views -> the student's normalised float input."""
-    pixels = (views.float().div_(255.0) - mean) / std
+    pixels = normalize_pixels(views.float().div_(255.0), mean, std)
     return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
 
 
