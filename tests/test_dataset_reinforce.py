@@ -24,10 +24,11 @@ from dataset_scripts import run_state  # noqa: E402
 from dataset_scripts.augmentation import AugmentationParams, apply_augmentation  # noqa: E402
 from dataset_scripts.dr_format import load_reinforcement_metadata  # noqa: E402
 from dataset_scripts.teachers import Teacher, parse_model_spec  # noqa: E402
+from conftest import EMOJI as EMOJI_DIR  # noqa: E402
+from conftest import REPO_ROOT, free_port, subprocess_env  # noqa: E402
 from torch_threads import single_torch_thread  # noqa: E402,F401 (autouse fixture: one torch thread in this module)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EMOJI = REPO_ROOT.parent / "shared" / "data" / "emoji" / "twitter.parquet"
+EMOJI = EMOJI_DIR / "twitter.parquet"
 VIEW_SIZE = 64
 
 TINY_CONFIGS = {
@@ -250,10 +251,6 @@ def streaming_reference(tmp_path_factory, models, faulty_source):
     return output
 
 
-def subprocess_env():
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-
-
 @pytest.mark.slow
 def test_killed_streaming_run_resumes_to_the_uninterrupted_result(tmp_path, models, faulty_source,
                                                                   streaming_reference):
@@ -277,11 +274,7 @@ def test_killed_streaming_run_resumes_to_the_uninterrupted_result(tmp_path, mode
 
 @pytest.mark.slow
 def test_two_processes_split_the_units_and_match_one_process(tmp_path, models, faulty_source, streaming_reference):
-    import socket
-
-    with socket.socket() as probe:  # a free rendezvous port
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     output = tmp_path / "two-processes"
     argv = cli_args(output, models, *STREAMING, source=str(faulty_source / "*.parquet"),
                     teachers=models["open_clip_teacher"])
