@@ -1,5 +1,7 @@
-"""The one upload of a finished folder to the Hub: reinforced datasets (`reinforce`, `convert_official`) and
-trained models (`training.hub`, through `training/train.py`'s `push_to_hub`).
+"""The one upload of a finished folder to the Hub: reinforced datasets (`reinforce`, `convert_official`), trained
+models (`training.hub`, through `training/train.py`'s `push_to_hub`) and converted official checkpoints
+(`python -m modeling_mobileclip.convert --push-to-hub`). `MobileCLIPModel.push_to_hub` makes the same two calls
+(`HfApi.create_repo`, `HfApi.upload_folder`) from the model's remote code, which cannot import this package.
 """
 
 from __future__ import annotations

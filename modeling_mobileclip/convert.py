@@ -1,7 +1,16 @@
 """Convert official MobileCLIP checkpoints (Apple, open_clip, timm) into a Hugging Face folder.
 
-    python -m modeling_mobileclip.convert --source apple --variant mobileclip-s0 \
-        --checkpoint mobileclip_s0.pt --output mobileclip-s0-hf [--reparameterize]
+    python -m modeling_mobileclip.convert --checkpoint apple/MobileCLIP-S0 --output mobileclip-s0-hf
+    python -m modeling_mobileclip.convert --checkpoint mobileclip_s0.pt --output mobileclip-s0-hf [--reparameterize]
+    python -m modeling_mobileclip.convert --all [FOLDER] --output converted/   # every official checkpoint found
+    python -m modeling_mobileclip.convert --checkpoint timm/MobileCLIP2-S4-OpenCLIP --output out \
+        --push-to-hub me/MobileCLIP2-S4-hf [--push-reparameterized]
+
+`--checkpoint` is a local file, a folder or a Hub repo id: an official repo (:data:`OFFICIAL_CHECKPOINTS`) resolves
+through `huggingface_hub` (the local cache first; `HF_HUB_OFFLINE=1` uses only the cache) to the file that repo
+holds. `--source` and `--variant` are detected from the checkpoint's keys and shapes when omitted (architecturally
+identical variants, e.g. MobileCLIP-S3 / MobileCLIP2-S3, are told apart by the repo id or Apple's file name, else the
+error names the candidates). Every output folder gets a model card (`model_card.build_model_card`).
 
 The output folder holds `config.json` (with `auto_map`), `model.safetensors`, the remote-code files and the processor
 files, so `AutoModel.from_pretrained(DIR, trust_remote_code=True)` works anywhere. Sources:
@@ -17,12 +26,16 @@ The image-tower key mappings from Apple's layout are timm's own `checkpoint_filt
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
+import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .configuration_mobileclip import MobileCLIPConfig
+from .configuration_mobileclip import VARIANTS, MobileCLIPConfig
 from .modeling_mobileclip import MobileCLIPModel
 
 
@@ -77,7 +90,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except (EOFError, RuntimeError) as error:  # a cut zip archive / pickle stream
+        except (EOFError, RuntimeError, pickle.UnpicklingError) as error:  # a cut zip archive / pickle stream / text
             raise OSError(f"{path} is truncated or corrupt, or not a torch checkpoint ({error}).") from error
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state_dict, dict) and wrapper in state_dict and isinstance(state_dict[wrapper], dict):
@@ -233,21 +246,39 @@ def load_converted(model: MobileCLIPModel, converted: dict[str, torch.Tensor], c
     model.load_state_dict(converted, strict=True)
 
 
+def default_config(variant: str, source: str) -> MobileCLIPConfig:
+    """The config of `variant` as `source` built it: open_clip / timm MobileCLIP-B use timm's ViT stem."""
+    overrides = {}
+    if variant == "mobileclip-b" and source != "apple":
+        overrides["vision_config"] = dict(apple_vit_stem=False)
+    return MobileCLIPConfig.from_variant(variant, **overrides)
+
+
 def convert_checkpoint(
-    source: str,
-    variant: str,
+    source: str | None,
+    variant: str | None,
     checkpoint: str | Path,
     text_checkpoint: str | Path | None = None,
     reparameterize: bool = False,
     config: MobileCLIPConfig | None = None,
+    hint: str | None = None,
 ) -> MobileCLIPModel:
-    """Builds `variant`, loads `checkpoint` from `source` strictly and returns the model in eval mode."""
-    if source not in SOURCES:
+    """Builds `variant`, loads `checkpoint` from `source` strictly and returns the model in eval mode.
+
+    `source` / `variant` None: detected from the checkpoint (:func:`detect_source`, :func:`detect_variant`; `hint`,
+    e.g. a repo id or file name, tells architecturally identical variants apart).
+    """
+    if source is not None and source not in SOURCES:
         raise ValueError(f"Unknown source {source!r}; expected one of {SOURCES}.")
-    config = config or MobileCLIPConfig.from_variant(variant)
-    model = MobileCLIPModel(config).eval()
     state_dict = load_checkpoint(checkpoint)
+    source = source or detect_source(state_dict, str(checkpoint))
     text_state_dict = load_checkpoint(text_checkpoint) if text_checkpoint else None
+    if variant is None:
+        variant = config.variant if config is not None and config.variant else detect_variant(
+            state_dict, source, hint=hint or str(checkpoint), checkpoint=str(checkpoint),
+            text_state_dict=text_state_dict if source == "timm" else None)
+    config = config or default_config(variant, source)
+    model = MobileCLIPModel(config).eval()
     if source == "timm" and text_state_dict is None:
         raise ValueError(
             "--source timm holds only the image tower; pass --text-checkpoint with an Apple or open_clip checkpoint "
@@ -257,6 +288,310 @@ def convert_checkpoint(
     if reparameterize:
         model.reparameterize()
     return model
+
+
+# --- source and variant detection -------------------------------------------------------------------------------
+
+_SOURCE_PREFIXES = {
+    "apple": ("image_encoder.", "text_encoder."),
+    "open_clip": ("visual.trunk.", "text.transformer.", "text.token_embedding."),
+    "timm": ("stem.", "stages.", "final_conv.", "patch_embed.backbone.", "patch_embed.proj.", "blocks."),
+}
+EXPECTED_LAYOUTS = (
+    "Apple `mobileclip_*.pt` (keys `image_encoder.model.*`, `text_encoder.*`), open_clip "
+    "`open_clip_model.safetensors` (keys `visual.trunk.*`, `text.*`) or a timm image tower `model.safetensors` "
+    "(keys `stem.*`/`stages.*`/`final_conv.*` for FastViT, `patch_embed.*`/`blocks.*` for ViT)"
+)
+
+
+def detect_source(state_dict: dict[str, torch.Tensor], checkpoint: str = "checkpoint") -> str:
+    """`apple`, `open_clip` or `timm` from the key layout; anything else raises naming the expected layouts."""
+    found = [source for source, prefixes in _SOURCE_PREFIXES.items()
+             if any(key.startswith(prefixes) for key in state_dict)]
+    if not found:
+        sample = ", ".join(list(state_dict)[:6]) or "no keys at all"
+        raise CheckpointMismatchError(
+            f"{checkpoint} is not a MobileCLIP checkpoint: expected {EXPECTED_LAYOUTS}; found keys like {sample}."
+        )
+    return found[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_model(variant: str, source: str) -> MobileCLIPModel:
+    with torch.device("meta"):
+        return MobileCLIPModel(default_config(variant, source)).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(variant: str, source: str) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in _meta_model(variant, source).state_dict().items() if k != "logit_scale"}
+
+
+def _fit_problems(state_dict: dict[str, torch.Tensor], source: str, variant: str,
+                  text_state_dict: dict[str, torch.Tensor] | None = None) -> int:
+    """How many keys are missing, unexpected or mis-shaped if `state_dict` were `variant` (0 = fits)."""
+    expected = _expected_shapes(variant, source)
+    if source in ("open_clip", "timm"):  # cheap first: the image tower's keys map one to one
+        image_keys = sum(1 for k in state_dict if k.startswith("visual.trunk.") or source == "timm")
+        expected_image = sum(1 for k in expected if k.startswith("vision_model.backbone."))
+        if image_keys != expected_image:
+            return abs(image_keys - expected_image)
+    try:
+        converted = convert_state_dict(state_dict, source, _meta_model(variant, source), text_state_dict)
+    except Exception:  # a filter that cannot even map these keys: no fit
+        return len(expected) + len(state_dict)
+    converted = {k: tuple(v.shape) for k, v in converted.items() if k != "logit_scale"}
+    if source == "timm" and text_state_dict is None:  # an image tower only
+        expected = {k: v for k, v in expected.items() if k.startswith("vision_model.")}
+    keys = set(expected) | set(converted)
+    return sum(1 for k in keys if expected.get(k) != converted.get(k))
+
+
+_NAME_HINT = re.compile(r"mobileclip(2)?[-_ ]?(s\d|blt|b[-_]lt|b|l[-_]?14)(?![a-z0-9])", re.IGNORECASE)
+
+
+def variant_from_name(name: str) -> str | None:
+    """`mobileclip2_s3.pt`, `apple/MobileCLIP-L-14`, `mobileclip_blt.pt` -> our variant name; None if none."""
+    official = OFFICIAL_BY_REPO.get(name.lower())
+    if official is not None:
+        return official.variant
+    matches = _NAME_HINT.findall(Path(name).name) or _NAME_HINT.findall(name)
+    if not matches:
+        return None
+    two, size = matches[-1]
+    size = size.lower().replace("_", "-")
+    size = {"blt": "b", "b-lt": "b", "l14": "l-14"}.get(size, size)
+    variant = f"mobileclip{two}-{size}"
+    return variant if variant in VARIANTS else None
+
+
+def detect_variant(state_dict: dict[str, torch.Tensor], source: str, hint: str | None = None,
+                   checkpoint: str = "checkpoint", text_state_dict: dict[str, torch.Tensor] | None = None) -> str:
+    """The published variant whose architecture `state_dict` fits (keys and shapes); raises naming the candidates.
+
+    Architecturally identical variants (MobileCLIP-S2 / MobileCLIP2-S2, -B, -S3, -S4, -L-14) all fit: `hint` (a repo
+    id or file name such as `mobileclip2_s3.pt`) picks one; without it the error names them.
+    """
+    problems = {variant: _fit_problems(state_dict, source, variant, text_state_dict) for variant in VARIANTS}
+    candidates = [variant for variant, count in problems.items() if count == 0]
+    if source == "apple" and len(candidates) > 1:  # Apple's own key layout was released for v1 weights only
+        candidates = [c for c in candidates if not c.startswith("mobileclip2")] or candidates
+    hinted = variant_from_name(hint) if hint else None
+    if len(candidates) == 1:
+        return candidates[0]
+    if hinted in candidates:
+        return hinted
+    if not candidates:
+        closest = min(problems, key=problems.get)
+        raise CheckpointMismatchError(
+            f"{checkpoint} ({source} layout) fits no MobileCLIP variant: expected the keys and shapes of one of "
+            f"{', '.join(VARIANTS)}; the closest, {closest}, differs in {problems[closest]} keys (convert with "
+            f"--variant {closest} to list them)."
+        )
+    raise CheckpointMismatchError(
+        f"{checkpoint} fits several variants with identical architectures: {', '.join(candidates)}. Pass --variant "
+        "(or convert by Hub repo id / Apple's file name, which name the variant)."
+    )
+
+
+# --- official checkpoints on the Hub ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfficialCheckpoint:
+    """An official repo: the variant and source format of its weights, the files it holds (first found wins), the
+    published results row, and (timm image towers) the repo holding the matching text tower."""
+
+    repo_id: str
+    variant: str
+    source: str
+    filenames: tuple[str, ...]
+    row: str
+    text_repo: str | None = None
+
+
+_OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_TIMM_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _official() -> list[OfficialCheckpoint]:
+    rows = []
+    # Apple's v1 `.pt` files (names of apple/ml-mobileclip get_pretrained_models.sh; B-LT is `mobileclip_blt.pt`).
+    for size, row in (("s0", "MobileCLIP-S0"), ("s1", "MobileCLIP-S1"), ("s2", "MobileCLIP-S2"), ("b", "MobileCLIP-B")):
+        rows.append(OfficialCheckpoint(f"apple/MobileCLIP-{size.upper()}", f"mobileclip-{size}", "apple",
+                                       (f"mobileclip_{size}.pt",), row))
+    rows.append(OfficialCheckpoint("apple/MobileCLIP-B-LT", "mobileclip-b", "apple", ("mobileclip_blt.pt",),
+                                   "MobileCLIP-B (LT)"))
+    # Released with v2, open_clip-format `.pt` (file names assumed by the v2 pattern `mobileclip2_s0.pt`).
+    for size, suffix, row in (("S3", "s3", "MobileCLIP-S3"), ("S4", "s4", "MobileCLIP-S4"),
+                              ("L-14", "l14", "MobileCLIP-L/14")):
+        rows.append(OfficialCheckpoint(f"apple/MobileCLIP-{size}", f"mobileclip-{size.lower()}", "open_clip",
+                                       (f"mobileclip_{suffix}.pt", *_OPEN_CLIP_FILES), row))
+    for size, suffix in (("S0", "s0"), ("S2", "s2"), ("B", "b"), ("S3", "s3"), ("S4", "s4"), ("L-14", "l14")):
+        variant, row = f"mobileclip2-{size.lower()}", f"MobileCLIP2-{size.replace('L-14', 'L/14')}"
+        rows.append(OfficialCheckpoint(f"apple/MobileCLIP2-{size}", variant, "open_clip",
+                                       (f"mobileclip2_{suffix}.pt", *_OPEN_CLIP_FILES), row))
+        rows.append(OfficialCheckpoint(f"timm/MobileCLIP2-{size}-OpenCLIP", variant, "open_clip", _OPEN_CLIP_FILES,
+                                       row))
+    for size, row in (("S1", "MobileCLIP-S1"), ("S2", "MobileCLIP-S2"), ("B", "MobileCLIP-B"),
+                      ("B-LT", "MobileCLIP-B (LT)")):
+        variant = "mobileclip-b" if size == "B-LT" else f"mobileclip-{size.lower()}"
+        rows.append(OfficialCheckpoint(f"apple/MobileCLIP-{size}-OpenCLIP", variant, "open_clip", _OPEN_CLIP_FILES,
+                                       row))
+    # timm image towers; the text tower comes from Apple's repo of the same weights.
+    for name, variant, row, text_repo in (
+        ("mobileclip_s0_timm", "mobileclip-s0", "MobileCLIP-S0", "apple/MobileCLIP-S0"),
+        ("mobileclip_s1_timm", "mobileclip-s1", "MobileCLIP-S1", "apple/MobileCLIP-S1"),
+        ("mobileclip_s2_timm", "mobileclip-s2", "MobileCLIP-S2", "apple/MobileCLIP-S2"),
+        ("mobileclip_b_timm", "mobileclip-b", "MobileCLIP-B", "apple/MobileCLIP-B"),
+        ("mobileclip_b_lt_timm", "mobileclip-b", "MobileCLIP-B (LT)", "apple/MobileCLIP-B-LT"),
+    ):
+        rows.append(OfficialCheckpoint(f"apple/{name}", variant, "timm", _TIMM_FILES, row, text_repo))
+    return rows
+
+
+OFFICIAL_CHECKPOINTS: tuple[OfficialCheckpoint, ...] = tuple(_official())
+OFFICIAL_BY_REPO = {checkpoint.repo_id.lower(): checkpoint for checkpoint in OFFICIAL_CHECKPOINTS}
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _looks_like_repo_id(spec: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", spec)) and not Path(spec).exists()
+
+
+def resolve_checkpoint(spec: str | Path, filename: str | None = None) -> tuple[Path, OfficialCheckpoint | None]:
+    """A local file, a folder or a Hub repo id -> (local weight file, official repo entry or None).
+
+    Hub ids resolve with `huggingface_hub.hf_hub_download` (cache first; offline with `HF_HUB_OFFLINE=1`).
+    """
+    spec = str(spec)
+    path = Path(spec)
+    if path.is_file():
+        return path, None
+    if path.is_dir():
+        names = [filename] if filename else [n for c in OFFICIAL_CHECKPOINTS for n in c.filenames]
+        for name in dict.fromkeys(names):
+            if (path / name).is_file():
+                return path / name, None
+        weights = sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+        if len(weights) == 1:
+            return weights[0], None
+        raise FileNotFoundError(
+            f"{path} holds {'no' if not weights else 'several'} checkpoint files "
+            f"({', '.join(p.name for p in weights) or 'none with ' + '/'.join(_WEIGHT_SUFFIXES)}): pass the file.")
+    if not _looks_like_repo_id(spec):
+        raise FileNotFoundError(
+            f"Checkpoint not found: {spec} is neither a file, a folder nor a Hub repo id (ORG/NAME).")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    official = OFFICIAL_BY_REPO.get(spec.lower())
+    repo_id = official.repo_id if official else spec
+    names = (filename,) if filename else (official.filenames if official else (*_OPEN_CLIP_FILES, *_TIMM_FILES))
+    failures = []
+    for name in names:
+        try:
+            return Path(hf_hub_download(repo_id, name)), official
+        except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError) as error:
+            failures.append(f"{name} ({type(error).__name__})")
+    known = ", ".join(c.repo_id for c in OFFICIAL_CHECKPOINTS)
+    raise FileNotFoundError(
+        f"Hub repo {spec} holds no MobileCLIP checkpoint reachable here: tried {', '.join(failures)}. Expected one of "
+        f"the official repos ({known}) or a repo with {', '.join(_OPEN_CLIP_FILES + _TIMM_FILES)}; offline, the repo "
+        "must be in the Hugging Face cache (HF_HUB_CACHE)."
+    )
+
+
+@dataclass
+class Conversion:
+    """A converted model with what its card needs."""
+
+    model: MobileCLIPModel
+    source: str
+    variant: str
+    checkpoint: Path
+    official: OfficialCheckpoint | None
+    source_repo: str | None
+
+
+def convert(spec: str | Path, source: str | None = None, variant: str | None = None,
+            text_checkpoint: str | Path | None = None, filename: str | None = None) -> Conversion:
+    """Resolves `spec` (file, folder or Hub id), detects what is not given and converts (train-time form)."""
+    path, official = resolve_checkpoint(spec, filename)
+    detected = detect_source(load_checkpoint(path), f"{spec} ({path.name})")  # refuses non-MobileCLIP files first
+    if official is not None:
+        source, variant = source or official.source, variant or official.variant
+        if official.text_repo and text_checkpoint is None:
+            text_checkpoint = resolve_checkpoint(official.text_repo)[0]
+    hint = official.repo_id if official else str(spec)
+    if source is not None and source != detected:
+        raise CheckpointMismatchError(f"{spec} ({path.name}) has the {detected} key layout, not {source}'s.")
+    source = detected
+    if source == "timm" and text_checkpoint is not None and not Path(str(text_checkpoint)).is_file():
+        text_checkpoint = resolve_checkpoint(text_checkpoint)[0]
+    model = convert_checkpoint(source, variant, path, text_checkpoint, hint=hint)
+    source_repo = official.repo_id if official else (str(spec) if _looks_like_repo_id(str(spec)) else None)
+    return Conversion(model, source, model.config.variant, path, official, source_repo)
+
+
+def model_card_for(conversion: Conversion, repo_id: str | None = None, reparameterized: bool = False):
+    from .model_card import build_model_card
+
+    return build_model_card(
+        conversion.variant, repo_id=repo_id, source=conversion.source, source_repo=conversion.source_repo,
+        published_row=conversion.official.row if conversion.official else None, reparameterized=reparameterized)
+
+
+REPARAMETERIZED_SUBFOLDER = "reparameterized"
+
+
+def write_converted(conversion: Conversion, output: str | Path, repo_id: str | None = None,
+                    reparameterize: bool = False, reparameterized_subfolder: bool = False) -> Path:
+    """Writes the folder (weights, code, processor, README.md card) atomically: all of it or nothing.
+
+    `reparameterize`: the folder holds the fused form; `reparameterized_subfolder`: the train-time form plus a fused
+    copy in `reparameterized/`.
+    """
+    from dataset_scripts.atomic import atomic_folder
+
+    model = conversion.model
+    with atomic_folder(output) as staging:
+        main_model = copy.deepcopy(model).reparameterize() if reparameterize else model
+        save_model_folder(main_model, staging)
+        model_card_for(conversion, repo_id, reparameterized=reparameterize).save(staging / "README.md")
+        if reparameterized_subfolder and not reparameterize:
+            fused = copy.deepcopy(model).reparameterize()
+            save_model_folder(fused, staging / REPARAMETERIZED_SUBFOLDER)
+            fused_card = model_card_for(conversion, repo_id, reparameterized=True)
+            fused_card.save(staging / REPARAMETERIZED_SUBFOLDER / "README.md")
+    return Path(output)
+
+
+def find_official_checkpoints(folder: str | Path | None = None) -> list[tuple[str, str | None]]:
+    """(spec, label) of every official checkpoint in the Hugging Face cache (`folder` None: `HF_HUB_CACHE`) or in a
+    plain folder (files named like Apple's, or open_clip/timm files in subfolders)."""
+    found = []
+    folder_path = Path(folder) if folder is not None else None
+    if folder_path is not None and not folder_path.is_dir():
+        raise FileNotFoundError(f"--all: {folder_path} is not a folder.")
+    if folder_path is None or any(folder_path.glob("models--*")):
+        from huggingface_hub import scan_cache_dir
+        from huggingface_hub.errors import CacheNotFound
+
+        try:
+            repos = scan_cache_dir(folder_path).repos
+        except CacheNotFound as error:
+            raise FileNotFoundError(f"--all: no Hugging Face cache at {error.cache_dir}.") from error
+        cached = {repo.repo_id.lower() for repo in repos if repo.repo_type == "model"}
+        found += [(c.repo_id, c.repo_id.split("/")[-1]) for c in OFFICIAL_CHECKPOINTS
+                  if c.repo_id.lower() in cached and (c.text_repo is None or c.text_repo.lower() in cached)]
+        return found
+    for path in sorted(folder_path.rglob("*")):
+        if path.is_file() and path.suffix in _WEIGHT_SUFFIXES:
+            name = variant_from_name(path.name) or variant_from_name(path.parent.name)
+            if name is not None:
+                found.append((str(path), path.parent.name if path.parent != folder_path else path.stem))
+    return found
 
 
 def save_model_folder(model: MobileCLIPModel, output_dir: str | Path, processor=None) -> Path:
@@ -273,18 +608,54 @@ def save_model_folder(model: MobileCLIPModel, output_dir: str | Path, processor=
     return output_dir
 
 
-def main(argv: list[str] | None = None) -> Path:
+def push_converted(folder: str | Path, repo_id: str, private: bool | None = None) -> str:
+    """Uploads a converted folder (subfolders included) with `dataset_scripts.hub_push.push_folder`."""
+    from dataset_scripts.hub_push import push_folder
+
+    return push_folder(folder, repo_id, private, "Upload MobileCLIP converted with modeling_mobileclip.convert")
+
+
+def main(argv: list[str] | None = None) -> Path | list[Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, choices=SOURCES)
-    parser.add_argument("--variant", required=True, help="e.g. mobileclip-s0, mobileclip2-s4")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--text-checkpoint", default=None, help="text-tower weights for --source timm")
+    parser.add_argument("--checkpoint", help="a file, a folder or a Hub repo id (e.g. apple/MobileCLIP-S0)")
+    parser.add_argument("--all", nargs="?", const="", default=None, metavar="FOLDER",
+                        help="convert every official checkpoint in FOLDER (default: the Hugging Face cache) into "
+                             "OUTPUT/<name>")
+    parser.add_argument("--source", default=None, choices=SOURCES, help="detected from the keys when omitted")
+    parser.add_argument("--variant", default=None, help="e.g. mobileclip-s0, mobileclip2-s4; detected when omitted")
+    parser.add_argument("--filename", default=None, help="the file inside a Hub repo (default: the repo's known file)")
+    parser.add_argument("--text-checkpoint", default=None, help="text-tower weights for --source timm (file or repo)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--reparameterize", action="store_true", help="fuse train-time branches before saving")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the folder to this model repo")
+    parser.add_argument("--push-reparameterized", action="store_true",
+                        help="also write (and push) the fused copy in the subfolder reparameterized/")
+    parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
-    model = convert_checkpoint(args.source, args.variant, args.checkpoint, args.text_checkpoint, args.reparameterize)
-    output = save_model_folder(model, args.output)
-    print(f"Wrote {args.variant} ({args.source}) to {output}")
+    if (args.checkpoint is None) == (args.all is None):
+        parser.error("pass exactly one of --checkpoint and --all")
+    if args.all is not None:
+        if args.push_to_hub or args.variant or args.source:
+            parser.error("--all converts each checkpoint as its repo or file names it: no --push-to-hub, --variant "
+                         "or --source")
+        found = find_official_checkpoints(args.all or None)
+        if not found:
+            raise FileNotFoundError(
+                f"--all found no official MobileCLIP checkpoint in {args.all or 'the Hugging Face cache'}; looked for "
+                f"the repos {', '.join(c.repo_id for c in OFFICIAL_CHECKPOINTS)} or files named like mobileclip_s0.pt.")
+        outputs = []
+        for spec, label in found:
+            output = Path(args.output) / label
+            write_converted(convert(spec), output, reparameterize=args.reparameterize,
+                            reparameterized_subfolder=args.push_reparameterized)
+            print(f"Converted {spec} -> {output}")
+            outputs.append(output)
+        return outputs
+    conversion = convert(args.checkpoint, args.source, args.variant, args.text_checkpoint, args.filename)
+    output = write_converted(conversion, args.output, args.push_to_hub, args.reparameterize, args.push_reparameterized)
+    print(f"Wrote {conversion.variant} ({conversion.source}) to {output}")
+    if args.push_to_hub:
+        print(f"Pushed to {push_converted(output, args.push_to_hub, args.private or None)}")
     return output
 
 

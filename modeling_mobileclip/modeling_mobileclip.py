@@ -467,6 +467,13 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
             attentions=outputs.attentions,
         )
 
+    def push_to_hub(self, repo_id: str, processor=None, **kwargs) -> Any:
+        """Pushes the complete folder in one commit: weights, config with `auto_map`, remote code, processor files
+        (`processor`, default the variant's) and a README.md model card (`model_card=`, default
+        `model_card.build_model_card`); `reparameterized_subfolder=True` adds the fused copy in `reparameterized/`.
+        Keywords: commit_message, private, token, revision, create_pr, max_shard_size, tags."""
+        return _push_to_hub(self, repo_id, processor, **kwargs)
+
     def encode_text(self, input_ids: torch.LongTensor, normalize: bool = False) -> torch.Tensor:
         """Projected text embeddings as a tensor (open_clip interface)."""
         embeds = self.get_text_features(input_ids, pooled_only=True).pooler_output
@@ -509,6 +516,44 @@ class MobileCLIPModel(MobileCLIPPreTrainedModel):
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
+
+
+def _push_to_hub(model: "MobileCLIPModel", repo_id: str, processor=None, *, commit_message: str | None = None,
+                 private: bool | None = None, token: str | None = None, revision: str | None = None,
+                 create_pr: bool = False, reparameterized_subfolder: bool = False, model_card=None,
+                 max_shard_size: int | str | None = None, tags: list[str] | None = None) -> Any:
+    """The complete folder in one commit: weights + config (auto_map) + remote code, processor files, README.md model
+    card, and with `reparameterized_subfolder` the fused copy in `reparameterized/`."""
+    import copy
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    from .model_card import build_model_card
+    from .processing_mobileclip import MobileCLIPProcessor
+
+    variant = model.config.variant
+    if processor is None:
+        if not variant:
+            raise ValueError("push_to_hub: the config names no variant, so the processor is unknown: pass processor=.")
+        processor = MobileCLIPProcessor.from_variant(variant)
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        forms = [(folder, model, False)]
+        if reparameterized_subfolder and not model.config.vision_config.reparameterized:
+            forms.append((folder / "reparameterized", copy.deepcopy(model).eval().reparameterize(), True))
+        for target, form, fused in forms:
+            form.save_pretrained(target, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+            processor.save_pretrained(target)
+            card = model_card if model_card is not None and not fused else build_model_card(
+                variant or "mobileclip", repo_id=repo_id, tags=tags,
+                reparameterized=fused or model.config.vision_config.reparameterized)
+            card.save(target / "README.md")
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or
+                                 "Upload MobileCLIP (weights, remote code, processor, model card)",
+                                 revision=revision, create_pr=create_pr)
 
 
 AUTO_MAP = {

@@ -417,6 +417,14 @@ class MobileCLIPProcessor(ProcessorMixin):
             MobileCLIPTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
         ]
 
+    def push_to_hub(self, repo_id: str, model=None, **kwargs):
+        """With `model`: the complete folder (weights, remote code, these processor files, model card) through
+        `MobileCLIPModel.push_to_hub(repo_id, processor=self)`. Without: transformers' push of the processor files
+        and their remote code only (a repo's model card and weights are left as they are)."""
+        if model is not None:
+            return model.push_to_hub(repo_id, processor=self, **kwargs)
+        return super().push_to_hub(repo_id, **kwargs)
+
     def __call__(self, text=None, images=None, return_tensors=None, **kwargs) -> BatchFeature:
         """Tokenizes `text` (a caption or a list) and/or preprocesses `images` (one image or a list)."""
         if text is None and images is None:

@@ -49,5 +49,11 @@ def test_periodic_evaluation_does_not_change_the_training_run(fresh_accelerate_s
     _reset_accelerate()
     evaluated = train(_config(tmp_path, "evaluated", max_train_samples=16, eval_steps=1, **evaluation))
     assert "eval/acc1" in evaluated.metrics
+    from huggingface_hub import ModelCard
+
+    # Every periodic evaluation (steps 1 and 2) and the final one reach the saved card's model-index.
+    results = ModelCard.load(evaluated.model_dir / "README.md").data.eval_results
+    configs = {result.metric_config for result in results if result.metric_type == "acc1"}
+    assert {"step-1", "step-2"} <= configs, configs
     for name, tensor in quiet.model.state_dict().items():
         assert torch.equal(tensor, evaluated.model.state_dict()[name]), name

@@ -1,8 +1,10 @@
 """The trained model as a complete Hugging Face folder, its model card, and the push to the Hub.
 
 `save_trained_model` writes `config.json` (with `auto_map`), `model.safetensors`, the remote-code files and the
-processor through `modeling_mobileclip.convert.save_model_folder`, plus a README.md model card recording the
-training configuration and final metrics; optionally a reparameterized (fused) copy for inference/export.
+processor through `modeling_mobileclip.convert.save_model_folder`, plus a README.md model card
+(`modeling_mobileclip.model_card.build_model_card`, the builder converted checkpoints use) with the evaluation results
+in its model-index, the training configuration and final metrics; optionally a reparameterized (fused) copy for
+inference/export.
 `push_folder` uploads it to a Hub model repo through `dataset_scripts.hub_push`, the one upload the dataset scripts
 use too.
 """
@@ -16,10 +18,10 @@ from typing import Any
 
 import torch
 import yaml
-from huggingface_hub import ModelCardData
 
 from dataset_scripts import hub_push
 from modeling_mobileclip.convert import save_model_folder
+from modeling_mobileclip.model_card import build_model_card, training_eval_results
 
 
 REPARAMETERIZED_SUBFOLDER = "reparameterized"
@@ -31,50 +33,34 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return "| metric | value |\n|---|---|\n" + "\n".join(rows) if rows else "_No metrics recorded._"
 
 
-def model_card_text(resolved_config: dict[str, Any], metrics: dict[str, Any], reparameterized: bool = False) -> str:
-    """README.md of a trained model: Hub metadata, what was trained on what, metrics, the full config, usage."""
+def model_card(resolved_config: dict[str, Any], metrics: dict[str, Any], reparameterized: bool = False,
+               eval_history: list[tuple[int, dict[str, Any]]] | None = None, repo_id: str | None = None):
+    """The `huggingface_hub.ModelCard` of a trained model (`modeling_mobileclip.model_card.build_model_card`):
+    Hub metadata, a model-index with the final evaluation (`eval/*`, `eval_ema/*` metrics) and the periodic ones
+    (`eval_history`: (step, metrics) pairs, `metric_config: step-N`), what was trained on what, metrics, config."""
     variant = resolved_config["variant"]
+    if repo_id is None and resolved_config.get("push_to_hub"):
+        repo_id = resolved_config.get("hub_model_id")
     train_data = resolved_config.get("train_data") or ""
     is_hub_dataset = train_data.count("/") == 1 and not Path(train_data).exists()
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="zero-shot-image-classification",
-        tags=["mobileclip", "clip", "multi-modal-reinforced-training", f"mode-{resolved_config['mode']}"],
-        datasets=[train_data] if is_hub_dataset else None,
-        base_model=resolved_config.get("init_from") or None,
-    )
+    eval_data = str(resolved_config.get("eval_data") or "evaluation data")
+    split = resolved_config.get("eval_split") or None
+    results = []
+    for step, step_metrics in eval_history or []:
+        results += training_eval_results(step_metrics, eval_data, split, step=step)
+    results += training_eval_results(metrics, eval_data, split)
     teachers = resolved_config.get("teachers_resolved") or []
     scales = resolved_config.get("teacher_logit_scales_resolved") or []
     teacher_lines = "\n".join(f"- `{spec}` (logit scale {scale:g})" for spec, scale in zip(teachers, scales))
-    fused = ("\nThis folder holds the **reparameterized** (fused) inference form: same outputs in eval mode, "
-             "fewer layers; do not train it further.\n" if reparameterized else "")
-    return f"""---
-{card_data.to_yaml()}
----
-
-# {variant} trained with multi-modal reinforced training
-
-A MobileCLIP image-text model (`{variant}`) trained with this repository's `training/train.py` in mode
-`{resolved_config['mode']}` on `{train_data}` for {resolved_config['max_steps']} steps at a global batch of
-{resolved_config.get('global_batch_size_resolved')} (loss: (1 - lambda) CLIP + lambda KD with lambda =
-{resolved_config.get('kd_weight_resolved')}; MobileCLIP, Vasu et al., CVPR 2024).
-{fused}
-Teachers:
-{teacher_lines or '- none (plain CLIP training)'}
-
-## Metrics
+    description = (
+        f"A MobileCLIP image-text model (`{variant}`) trained with this repository's `training/train.py` in mode "
+        f"`{resolved_config['mode']}` on `{train_data}` for {resolved_config['max_steps']} steps at a global batch of "
+        f"{resolved_config.get('global_batch_size_resolved')} (loss: (1 - lambda) CLIP + lambda KD with lambda = "
+        f"{resolved_config.get('kd_weight_resolved')}; MobileCLIP, Vasu et al., CVPR 2024).\n\n"
+        f"Teachers:\n{teacher_lines or '- none (plain CLIP training)'}\n")
+    extra = f"""## Metrics
 
 {_metrics_table(metrics)}
-
-## Usage
-
-```python
-from transformers import AutoModel, AutoProcessor
-model = AutoModel.from_pretrained("PATH_OR_REPO", trust_remote_code=True).eval()
-processor = AutoProcessor.from_pretrained("PATH_OR_REPO", trust_remote_code=True)
-inputs = processor(text=["a photo of a cat", "a photo of a dog"], images=[image], return_tensors="pt")
-probs = model(**inputs).logits_per_image.softmax(dim=-1)
-```
 
 ## Training configuration
 
@@ -82,22 +68,35 @@ probs = model(**inputs).logits_per_image.softmax(dim=-1)
 {yaml.safe_dump(resolved_config, sort_keys=False).strip()}
 ```
 """
+    return build_model_card(
+        variant, repo_id=repo_id, eval_results=results, description=description, extra_sections=extra,
+        reparameterized=reparameterized, base_model=resolved_config.get("init_from") or None,
+        datasets=[train_data] if is_hub_dataset else None,
+        tags=["multi-modal-reinforced-training", f"mode-{resolved_config['mode']}"])
+
+
+def model_card_text(resolved_config: dict[str, Any], metrics: dict[str, Any], reparameterized: bool = False,
+                    eval_history: list[tuple[int, dict[str, Any]]] | None = None) -> str:
+    """README.md text of a trained model (see :func:`model_card`)."""
+    return str(model_card(resolved_config, metrics, reparameterized, eval_history))
 
 
 def save_trained_model(model, processor, output_dir: str | Path, resolved_config: dict[str, Any],
-                       metrics: dict[str, Any], reparameterized_copy: bool = False) -> Path:
-    """Writes `output_dir` (and `output_dir/reparameterized`) with weights, code, processor and model card."""
+                       metrics: dict[str, Any], reparameterized_copy: bool = False,
+                       eval_history: list[tuple[int, dict[str, Any]]] | None = None) -> Path:
+    """Writes `output_dir` (and `output_dir/reparameterized`) with weights, code, processor and model card
+    (final and, with `eval_history`, periodic evaluation results in its model-index)."""
     output_dir = Path(output_dir)
     # channels_last weights are not contiguous in the default layout; safetensors needs contiguous tensors.
     model = model.to(memory_format=torch.contiguous_format)
     save_model_folder(model, output_dir, processor)
-    (output_dir / "README.md").write_text(model_card_text(resolved_config, metrics))
+    model_card(resolved_config, metrics, eval_history=eval_history).save(output_dir / "README.md")
     (output_dir / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
     if reparameterized_copy:
         fused = copy.deepcopy(model).eval().reparameterize()
         fused_dir = output_dir / REPARAMETERIZED_SUBFOLDER
         save_model_folder(fused, fused_dir, processor)
-        (fused_dir / "README.md").write_text(model_card_text(resolved_config, metrics, reparameterized=True))
+        model_card(resolved_config, metrics, True, eval_history).save(fused_dir / "README.md")
     return output_dir
 
 
@@ -107,4 +106,4 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_
                                 commit_message or "Upload MobileCLIP trained with training/train.py", repo_type="model")
 
 
-__all__ = ["model_card_text", "push_folder", "save_trained_model"]
+__all__ = ["model_card", "model_card_text", "push_folder", "save_trained_model"]

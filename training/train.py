@@ -370,6 +370,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
     max_log_scale = math.log(config.logit_scale_max)
     window = MetricsWindow(global_batch)
     metrics: dict[str, Any] = {}
+    eval_history: list[tuple[int, dict[str, Any]]] = []
     tick = time.perf_counter()
     for batch in loader if state.step < config.max_steps else ():
         lr = learning_rate_at(state.step, config)
@@ -415,6 +416,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
         if evaluation is not None and config.eval_steps and state.step % config.eval_steps == 0 \
                 and state.step < config.max_steps:
             metrics = evaluation(unwrapped, processor, ema_model)
+            eval_history.append((state.step, metrics))  # the model card's model-index lists every evaluation
             set_train_mode(model, config.freeze_batchnorm)
             accelerator.log(metrics, step=state.step)
             accelerator.print(f"step {state.step}: {metrics}")
@@ -443,7 +445,8 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
                 continue
             folder = model_dir if weights == selected else output_dir / f"model_{weights}"
             save_trained_model(module, processor, folder, {**resolved, "saved_weights": weights},
-                               metrics_of_weights(metrics, weights), config.save_reparameterized)
+                               metrics_of_weights(metrics, weights), config.save_reparameterized,
+                               [(step, metrics_of_weights(values, weights)) for step, values in eval_history])
         if config.push_to_hub:
             url = push_folder(model_dir, config.hub_model_id, config.hub_private,
                               f"MobileCLIP {config.variant}, {config.mode} training, step {state.step}")
