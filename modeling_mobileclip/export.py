@@ -57,6 +57,8 @@ DTYPES = ("float32", "float16")
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # torch.onnx's dynamo exporter (onnxscript's torchlib) writes no older opset: asked for 17, it gives 18
 DEFAULT_COREML_TARGET = "iOS16"
+# MIL ops of the final L2 normalisation, kept float32 in FLOAT16 programs (elsewhere these ops only do shape math).
+COREML_FP32_OPS = ("reduce_l2_norm", "maximum", "real_div", "tile")
 MAX_DYNAMIC_BATCH = 256  # upper bound of Core ML's batch range (ONNX records a free "batch" dimension)
 FILE_STEMS = {"image": "image_encoder", "text": "text_encoder"}
 INPUT_NAMES = {"image": "pixel_values", "text": "input_ids"}
@@ -271,11 +273,48 @@ def export_onnx(encoder: nn.Module, example: torch.Tensor, path: Path, component
 
 def convert_onnx_float16(source: Path, destination: Path) -> None:
     """fp16 weights and activations (onnxruntime's converter), float32 inputs/outputs kept so the processor's
-    arrays feed it unchanged. onnxruntime's CPU provider computes ops lacking fp16 kernels in fp32."""
+    arrays feed it unchanged. onnxruntime's CPU provider computes ops lacking fp16 kernels in fp32.
+
+    The L2 normalisation after the projection stays float32: computed in fp16 (or with its norm rounded to fp16)
+    the outputs' norms were off by up to 5e-4 (measured on MobileCLIP-S0), so their dot products were not cosines.
+    """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    onnx.save_model(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(destination))
+    model = onnx.load(str(source))
+    projection = [node for node in model.graph.node if node.op_type in ("MatMul", "Gemm")][-1]
+    downstream, tail = set(projection.output), []
+    for node in model.graph.node:  # topological order: everything computed from the projection's output
+        if downstream & set(node.input):
+            downstream.update(node.output)
+            tail.append(node.name)
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=tail)
+    onnx.save_model(_drop_float16_round_trips(converted), str(destination))
+
+
+def _drop_float16_round_trips(model):
+    """Short-circuits Cast(fp16) -> Cast(fp32) pairs, which the converter puts between consecutive float32 nodes
+    (here it would round the norm to fp16 before the division): the second Cast becomes an Identity of the first's
+    input, and the first goes once nothing else reads it."""
+    import onnx
+
+    graph = model.graph
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    producers = {output: node for node in graph.node for output in node.output}
+    for node in graph.node:
+        source = producers.get(node.input[0]) if node.input else None
+        if (cast_to(node) == onnx.TensorProto.FLOAT and source is not None
+                and cast_to(source) == onnx.TensorProto.FLOAT16):
+            node.op_type, node.input[0] = "Identity", source.input[0]
+            del node.attribute[:]
+    used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+    kept = [node for node in graph.node if node.op_type != "Cast" or any(o in used for o in node.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
 
 
 def export_coreml(encoder: nn.Module, example: torch.Tensor, path: Path, component: str, batch: int | None,
@@ -289,7 +328,9 @@ def export_coreml(encoder: nn.Module, example: torch.Tensor, path: Path, compone
         inputs=[ct.TensorType(name=INPUT_NAMES[component], dtype=np.int32 if component == "text" else np.float32)],
         outputs=[ct.TensorType(name=OUTPUT_NAMES[component], dtype=np.float32)],
         convert_to="mlprogram",
-        compute_precision=ct.precision.FLOAT16 if dtype == "float16" else ct.precision.FLOAT32,
+        # FLOAT16, except the final L2 normalisation (an fp16 norm is off by up to 5e-4, as measured for ONNX).
+        compute_precision=ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in COREML_FP32_OPS)
+        if dtype == "float16" else ct.precision.FLOAT32,
         minimum_deployment_target=getattr(ct.target, target),
         skip_model_load=sys.platform != "darwin",  # Core ML can only compile/run a program on Apple platforms
     )
@@ -329,7 +370,7 @@ def coreml_program_summary(spec) -> dict[str, Any]:
             if value.name in block.outputs:
                 outputs[value.name] = ["batch" if d.HasField("unknown") else d.constant.size
                                        for d in value.type.tensorType.dimensions]
-    compute = {op: dict(dtypes[op]) for op in ("conv", "linear", "matmul") if op in dtypes}
+    compute = {op: dict(dtypes[op]) for op in ("conv", "linear", "matmul", "reduce_l2_norm") if op in dtypes}
     return {"opset": function.opset, "operations": len(block.operations), "compute_dtypes": compute,
             "output_shapes": outputs}
 
@@ -484,6 +525,8 @@ def export(model: nn.Module, processor, output: str | Path, format: str = "onnx"
     else:
         manifest["coreml"] = {"deployment_target": coreml_target, "program": "mlprogram",
                               "compute_precision": "FLOAT16" if dtype == "float16" else "FLOAT32"}
+        if dtype == "float16":
+            manifest["coreml"]["float32_ops"] = list(COREML_FP32_OPS)
     exported: dict[str, np.ndarray] = {}
     quantization: dict[str, Any] = {}
     with atomic_folder(output) as staging:
