@@ -30,6 +30,37 @@ from .processing_mobileclip import (
     clean_caption,
 )
 
+
+def _register_auto_classes() -> None:
+    """Makes transformers' Auto classes resolve our model types to this package's classes.
+
+    transformers' documented way for a custom model: with the package imported, `AutoConfig`, `AutoModel`,
+    `AutoProcessor` & co. load a MobileCLIP folder with these classes and never ask to run the folder's remote code
+    (the `auto_map` code wins only with `trust_remote_code=True`). The remote code stays for machines without the
+    package. `exist_ok`: a folder loaded with `trust_remote_code=True` registers its own copies of these classes.
+    """
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModel,
+        AutoModelForZeroShotImageClassification,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    for config_class in (MobileCLIPConfig, MobileCLIPTextConfig, MobileCLIPVisionConfig):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(MobileCLIPConfig, MobileCLIPModel, exist_ok=True)
+    AutoModel.register(MobileCLIPVisionConfig, MobileCLIPVisionModel, exist_ok=True)
+    AutoModel.register(MobileCLIPTextConfig, MobileCLIPTextModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(MobileCLIPConfig, MobileCLIPModel, exist_ok=True)
+    AutoTokenizer.register(MobileCLIPConfig, fast_tokenizer_class=MobileCLIPTokenizer, exist_ok=True)
+    AutoImageProcessor.register(MobileCLIPConfig, fast_image_processor_class=MobileCLIPImageProcessor, exist_ok=True)
+    AutoProcessor.register(MobileCLIPConfig, MobileCLIPProcessor, exist_ok=True)
+
+
+_register_auto_classes()
+
 __all__ = [
     "DEV_VARIANTS",
     "VARIANTS",

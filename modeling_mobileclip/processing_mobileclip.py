@@ -407,16 +407,6 @@ class MobileCLIPProcessor(ProcessorMixin):
             tokenizer=MobileCLIPTokenizer.from_bundled_vocab(vocab_dir),
         )
 
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # transformers would load the parts through AutoImageProcessor / AutoTokenizer, i.e. through the folder's
-        # remote code; the classes of this module are the right ones whether it is our package or that remote code.
-        kwargs.pop("trust_remote_code", None)
-        return [
-            MobileCLIPImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
-            MobileCLIPTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
-        ]
-
     def push_to_hub(self, repo_id: str, model=None, **kwargs):
         """With `model`: the complete folder (weights, remote code, these processor files, model card) through
         `MobileCLIPModel.push_to_hub(repo_id, processor=self)`. Without: transformers' push of the processor files
