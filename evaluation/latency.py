@@ -258,4 +258,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from modeling_mobileclip.cli import run_main
+
+    run_main(main)

@@ -149,4 +149,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from modeling_mobileclip.cli import run_main
+
+    run_main(main)

@@ -648,7 +648,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ExportInputError as error:  # a bad request: its message, not a traceback
-        sys.exit(f"error: {error}")
+    from modeling_mobileclip.cli import run_main
+
+    run_main(main)

@@ -552,4 +552,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from modeling_mobileclip.cli import run_main
+
+    run_main(main)
