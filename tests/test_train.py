@@ -78,13 +78,17 @@ def test_stored_embedding_width_must_match_card_teacher_dims(fresh_accelerate_st
 def test_batch_size_is_checked_against_processes_and_data(fresh_accelerate_state, reinforced_data, tmp_path):
     from training.config import ConfigError
     from training.data import DataValidationError
-    from training.train import resolve_batch_sizes, train
+    from training.train import BatchSizes, resolve_batch_sizes, train
 
     with pytest.raises(ConfigError, match="global_batch_size 10 cannot be split evenly over 3 processes"):
         resolve_batch_sizes(tiny_config(per_device_batch_size=None, global_batch_size=10), 3)
-    with pytest.raises(ConfigError, match=r"per_device_batch_size 4 x 2 processes != global_batch_size 16"):
-        resolve_batch_sizes(tiny_config(global_batch_size=16), 2)
-    assert resolve_batch_sizes(tiny_config(per_device_batch_size=None, global_batch_size=12), 3) == (12, 4)
+    # A global batch and a per-device batch: the accumulation steps are derived (16 = 4 per device x 2 x 2).
+    assert resolve_batch_sizes(tiny_config(global_batch_size=16), 2) == BatchSizes(16, 4, 2, 2)
+    with pytest.raises(ConfigError, match=r"global_batch_size 16 != per_device_batch_size 4 x "
+                                          r"gradient_accumulation_steps 1 x 2 processes = 8"):
+        resolve_batch_sizes(tiny_config(global_batch_size=16, gradient_accumulation_steps=1), 2)
+    assert resolve_batch_sizes(tiny_config(per_device_batch_size=None, global_batch_size=12), 3) == \
+        BatchSizes(12, 4, 1, 3)
     with pytest.raises(DataValidationError, match="32 rows, fewer than one global batch of 64"):
         train(tiny_config(train_data=str(reinforced_data), per_device_batch_size=64, output_dir=str(tmp_path)))
 
@@ -235,7 +239,8 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(reinforced_
         folder.mkdir()
     run_checked([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
     launched = launch_two_processes(driver, two, [*common, "--output_dir", str(two / "out")])
-    assert "global batch 8 = 2 x 4" in launched.stdout, launched.stdout[-2000:]
+    assert "global batch 8 = 4 per device x 1 accumulation step x 2 processes" in launched.stdout, \
+        launched.stdout[-2000:]
 
     reference = torch.load(one / "step0_rank0.pt")
     ranks = [torch.load(two / f"step0_rank{r}.pt") for r in range(2)]

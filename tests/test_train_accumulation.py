@@ -5,8 +5,9 @@ deterministic model; for a model with stochastic depth, dropout and BatchNorm in
 forwards kept alive together and back-propagated once. The unit tests run the model in float64, so that float32
 summation order (about 1e-6 relative on these gradients) neither hides nor fakes a difference: accumulated
 gradients, loss and BatchNorm statistics must match the oracle to 1e-9. End to end (float32, as trained), 3 steps
-of `training.train.main` with 4 micro-batches must land on the weights of the run without accumulation to 1e-6,
-and 2 DDP processes in 2 micro-batches each must produce the gradients of 1 process without accumulation.
+of `training.train.main` with 4 micro-batches of 2 (per-device batch 2 x 4 accumulation steps) must land on the
+weights of the run with a per-device batch of 8 without accumulation to 1e-6, and 2 DDP processes in 2 micro-batches
+each must produce the gradients of 1 process without accumulation.
 """
 
 import copy
@@ -21,6 +22,7 @@ from train_helpers import (
     TINY,
     build_reinforced_dataset,
     launch_two_processes,
+    resolved_config,
     run_checked,
     saved_weights,
     tiny_config,
@@ -255,14 +257,18 @@ def test_batch_that_does_not_split_into_micro_batches_is_refused_naming_both_num
     from training.step import micro_batch_size
     from training.train import train
 
-    with pytest.raises(ConfigError, match=r"per-device batch of 6 samples .* gradient_accumulation_steps=4"):
+    with pytest.raises(ConfigError, match=r"step batch of 6 samples .* gradient_accumulation_steps=4"):
         micro_batch_size(6, 4)
     assert micro_batch_size(8, 4) == 2
-    # Checked at start-up, before any data is read (the data path does not exist).
-    with pytest.raises(ConfigError, match=r"per-device batch of 6 samples .* gradient_accumulation_steps=4"):
-        train(tiny_config(train_data=str(tmp_path / "missing"), per_device_batch_size=6,
-                           gradient_accumulation_steps=4, output_dir=str(tmp_path / "out")))
-    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps must be >= 1, got 0"):
+    # A global batch that no number of processes splits into 4 accumulation steps: refused with the config.
+    with pytest.raises(ConfigError, match=r"global_batch_size 10 is not a multiple of gradient_accumulation_steps 4"):
+        tiny_config(per_device_batch_size=None, global_batch_size=10, gradient_accumulation_steps=4)
+    # Against the processes: checked at start-up, before any data is read (the data path does not exist).
+    with pytest.raises(ConfigError, match=r"global_batch_size 16 != per_device_batch_size 2 x "
+                                          r"gradient_accumulation_steps 4 x 1 process = 8"):
+        train(tiny_config(train_data=str(tmp_path / "missing"), per_device_batch_size=2, global_batch_size=16,
+                          gradient_accumulation_steps=4, output_dir=str(tmp_path / "out")))
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps must be >= 1 \(or null\), got 0"):
         parse_args(["--gradient_accumulation_steps", "0"])
 
 
@@ -273,7 +279,8 @@ def test_training_with_four_micro_batches_reaches_the_weights_of_the_large_batch
     fresh_accelerate_state, tmp_path, capsys
 ):
     """3 AdamW steps (crossing an epoch: 16 rows, global batch 8) with frozen BatchNorm, synthetic captions and
-    lambda 0.75: the run in 4 micro-batches of 2 ends on the weights, gradients and losses of the plain run."""
+    lambda 0.75: `--per_device_batch_size 2 --gradient_accumulation_steps 4` (the global batch of 8 derived) ends on
+    the weights, gradients and losses of `--per_device_batch_size 8` without accumulation."""
     from accelerate.state import AcceleratorState, GradientState
 
     from training.train import main
@@ -281,7 +288,7 @@ def test_training_with_four_micro_batches_reaches_the_weights_of_the_large_batch
     data = build_reinforced_dataset(tmp_path / "data", num_rows=16)
     # AdamW divides by sqrt(v) + eps, which magnifies the float32 rounding differences (~1e-7) of near-zero
     # gradients by up to lr / eps: lr 1e-4 keeps that under the 1e-6 tolerance, the weights still move ~1e-4 a step.
-    common = [*TINY, "--train_data", str(data), "--max_steps", "3", "--global_batch_size", "8", "--freeze_batchnorm",
+    common = [*TINY, "--train_data", str(data), "--max_steps", "3", "--freeze_batchnorm",
               "--kd_weight", "0.75", "--learning_rate", "1e-4", "--save_steps", "0"]
     runs = {}
     for steps in (1, 4):
@@ -292,11 +299,16 @@ def test_training_with_four_micro_batches_reaches_the_weights_of_the_large_batch
         def on_gradients(step, model, losses, gradients=gradients):
             gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
 
-        result = main([*common, "--gradient_accumulation_steps", str(steps),
-                       "--output_dir", str(tmp_path / f"steps{steps}")], on_gradients=on_gradients)
+        result = main([*common, "--per_device_batch_size", str(8 // steps), "--gradient_accumulation_steps",
+                       str(steps), "--output_dir", str(tmp_path / f"steps{steps}")], on_gradients=on_gradients)
         runs[steps] = result, gradients, saved_weights(result.model_dir)
+        recorded = resolved_config(result.model_dir)
+        assert (recorded["global_batch_size_resolved"], recorded["per_device_batch_size_resolved"],
+                recorded["gradient_accumulation_steps_resolved"]) == (8, 8 // steps, steps)
 
-    assert "global batch 8 = 1 x 8 (in 4 micro-batches of 2) |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "global batch 8 = 8 per device x 1 accumulation step x 1 process |" in printed
+    assert "global batch 8 = 2 per device x 4 accumulation steps x 1 process |" in printed
     (plain, plain_gradients, plain_weights), (accumulated, gradients, weights) = runs[1], runs[4]
     assert len(gradients) == len(plain_gradients) == 3  # the hook runs once per optimizer step
     for ours, reference in zip(gradients, plain_gradients):  # float32: equal up to summation order
@@ -326,7 +338,8 @@ def test_two_processes_in_micro_batches_with_local_loss_equal_one_process(tmp_pa
     run_checked([sys.executable, str(driver), str(one), *common, "--output_dir", str(one / "out")])
     launched = launch_two_processes(driver, two, [*common, "--gradient_accumulation_steps", "2",
                                                   "--output_dir", str(two / "out")])
-    assert "global batch 8 = 2 x 4 (in 2 micro-batches of 2)" in launched.stdout, launched.stdout[-2000:]
+    assert "global batch 8 = 2 per device x 2 accumulation steps x 2 processes" in launched.stdout, \
+        launched.stdout[-2000:]
 
     reference = torch.load(one / "step0_rank0.pt")
     ranks = [torch.load(two / f"step0_rank{rank}.pt") for rank in range(2)]

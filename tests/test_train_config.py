@@ -72,6 +72,145 @@ def test_bad_keys_and_values_name_the_source(tmp_path):
         TrainingConfig(push_to_hub=True)
 
 
+# --- batch sizes: global = per device x accumulation steps x processes ---------------------------------------------
+
+
+def test_per_device_batch_and_accumulation_give_the_global_batch():
+    """transformers / accelerate / open_clip semantics: the per-device batch is one forward pass, accumulation
+    multiplies it."""
+    from training.config import BatchSizes, resolve_batch_sizes
+
+    config = parse_args(["--per_device_batch_size", "2", "--gradient_accumulation_steps", "4"])
+    sizes = resolve_batch_sizes(config, 1)
+    assert sizes == BatchSizes(global_batch=8, per_device=2, accumulation_steps=4, num_processes=1)
+    assert sizes.per_process == 8
+    assert sizes.describe() == "global batch 8 = 2 per device x 4 accumulation steps x 1 process"
+    assert resolve_batch_sizes(config, 2) == BatchSizes(16, 2, 4, 2)
+    assert resolve_batch_sizes(parse_args(["--per_device_batch_size", "2"]), 1) == BatchSizes(2, 2, 1, 1)
+    # The global batch alone is split over the processes (the presets' case, as before): no accumulation.
+    assert resolve_batch_sizes(parse_args(["--global_batch_size", "8"]), 2) == BatchSizes(8, 4, 1, 2)
+    # Global batch and accumulation steps: the per-device batch is derived.
+    config = parse_args(["--global_batch_size", "8", "--gradient_accumulation_steps", "2"])
+    assert resolve_batch_sizes(config, 2) == BatchSizes(8, 2, 2, 2)
+
+
+def test_global_and_per_device_batch_derive_the_accumulation_steps():
+    from training.config import BatchSizes, resolve_batch_sizes
+
+    config = parse_args(["--global_batch_size", "8", "--per_device_batch_size", "2"])
+    assert config.gradient_accumulation_steps is None  # derived once the processes are known
+    assert resolve_batch_sizes(config, 1) == BatchSizes(8, 2, 4, 1)
+    assert resolve_batch_sizes(config, 2) == BatchSizes(8, 2, 2, 2)
+    assert resolve_batch_sizes(config, 4) == BatchSizes(8, 2, 1, 4)
+    assert resolve_batch_sizes(config, 2).describe() == "global batch 8 = 2 per device x 2 accumulation steps x " \
+                                                         "2 processes"
+    # All three given and consistent.
+    config = parse_args(["--global_batch_size", "8", "--per_device_batch_size", "2", "--gradient_accumulation_steps",
+                         "2"])
+    assert resolve_batch_sizes(config, 2) == BatchSizes(8, 2, 2, 2)
+
+
+def test_impossible_batch_combinations_name_the_numbers():
+    from training.config import resolve_batch_sizes
+
+    # Not divisible, whatever the number of processes: refused when the config is built.
+    with pytest.raises(ConfigError, match=r"global_batch_size 10 is not a multiple of per_device_batch_size 4\b"):
+        parse_args(["--global_batch_size", "10", "--per_device_batch_size", "4"])
+    with pytest.raises(ConfigError, match=r"global_batch_size 12 is not a multiple of per_device_batch_size 2 x "
+                                          r"gradient_accumulation_steps 4 = 8"):
+        TrainingConfig(global_batch_size=12, per_device_batch_size=2, gradient_accumulation_steps=4)
+    with pytest.raises(ConfigError, match=r"global_batch_size 9 is not a multiple of gradient_accumulation_steps 2"):
+        TrainingConfig(global_batch_size=9, gradient_accumulation_steps=2)
+    # Not divisible over the processes.
+    config = parse_args(["--global_batch_size", "12", "--per_device_batch_size", "2"])
+    with pytest.raises(ConfigError, match=r"global_batch_size 12 is not a multiple of per_device_batch_size 2 x "
+                                          r"4 processes = 8"):
+        resolve_batch_sizes(config, 4)
+    with pytest.raises(ConfigError, match=r"global_batch_size 8 cannot be split evenly over 3 processes x "
+                                          r"1 accumulation step \(= 3\)"):
+        resolve_batch_sizes(parse_args(["--global_batch_size", "8"]), 3)
+    # All three given and inconsistent.
+    config = parse_args(["--global_batch_size", "16", "--per_device_batch_size", "2", "--gradient_accumulation_steps",
+                         "4"])
+    with pytest.raises(ConfigError, match=r"global_batch_size 16 != per_device_batch_size 2 x "
+                                          r"gradient_accumulation_steps 4 x 1 process = 8"):
+        resolve_batch_sizes(config, 1)
+    assert resolve_batch_sizes(config, 2).global_batch == 16  # consistent on 2 processes
+    with pytest.raises(ConfigError, match=r"Set per_device_batch_size .* or global_batch_size"):
+        resolve_batch_sizes(parse_args(["--gradient_accumulation_steps", "4"]), 1)
+
+
+def _readme_single_gpu_command() -> list[str]:
+    """The arguments of the README's "one GPU / CPU" training command (after `training/train.py`)."""
+    import shlex
+
+    from conftest import REPO_ROOT
+
+    training = (REPO_ROOT / "README.md").read_text().split("## Training (`training/`)", 1)[1]
+    block = training.split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = block.split("# one GPU / CPU", 1)[1].splitlines()[1:]  # the lines after that comment
+    command = ""
+    for line in lines:
+        command += " " + line.split("  #", 1)[0].strip().rstrip("\\")
+        if not line.split("  #", 1)[0].rstrip().endswith("\\"):
+            break
+    words = shlex.split(command)
+    assert words[:3] == ["accelerate", "launch", "training/train.py"], words
+    return words[3:]
+
+
+def test_readme_single_gpu_command_derives_the_accumulation_steps():
+    """The README's one-GPU command (a preset with global_batch_size 8192 plus --per_device_batch_size 256) is valid
+    on 1 process: 8192 = 256 per device x 32 accumulation steps x 1 process. The preset's global batch is unchanged
+    and the 32-process recipe still splits it without accumulation."""
+    from training.config import BatchSizes, resolve_batch_sizes
+
+    args = _readme_single_gpu_command()
+    assert "--per_device_batch_size" in args and "--config" in args
+    config = parse_args(args)
+    assert (config.global_batch_size, config.per_device_batch_size) == (8192, 256)
+    assert resolve_batch_sizes(config, 1) == BatchSizes(8192, 256, 32, 1)
+    assert resolve_batch_sizes(config, 1).describe() == \
+        "global batch 8192 = 256 per device x 32 accumulation steps x 1 process"
+    assert resolve_batch_sizes(config, 8) == BatchSizes(8192, 256, 4, 8)
+    preset = build_config(CONFIGS_DIR / "mobileclip-s0-datacompdr12m.yaml")
+    assert resolve_batch_sizes(preset, 32) == BatchSizes(8192, 256, 1, 32)
+
+
+def test_command_line_batch_key_wins_over_the_preset_layout_and_the_rest_is_derived(tmp_path):
+    """A preset fixing the global batch and its layout: a per-device batch on the command line re-derives the
+    preset's accumulation steps; accumulation steps on the command line re-derive its per-device batch; the global
+    batch stays the recipe's, and both layout keys on the command line must agree with it."""
+    from training.config import BatchSizes, resolve_batch_sizes
+
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("variant: mobileclip-tiny\nreport_to: none\nglobal_batch_size: 64\nper_device_batch_size: 16\n"
+                      "gradient_accumulation_steps: 4\n")
+    assert resolve_batch_sizes(build_config(preset), 1) == BatchSizes(64, 16, 4, 1)  # the preset alone
+    config = parse_args(["--config", str(preset), "--per_device_batch_size", "4"])
+    assert (config.per_device_batch_size, config.gradient_accumulation_steps) == (4, None)
+    assert resolve_batch_sizes(config, 1) == BatchSizes(64, 4, 16, 1)
+    assert resolve_batch_sizes(config, 2) == BatchSizes(64, 4, 8, 2)
+    config = parse_args(["--config", str(preset), "--gradient_accumulation_steps", "2"])
+    assert (config.per_device_batch_size, config.gradient_accumulation_steps) == (None, 2)
+    assert resolve_batch_sizes(config, 1) == BatchSizes(64, 32, 2, 1)
+    assert resolve_batch_sizes(config, 2) == BatchSizes(64, 16, 2, 2)
+    # The global batch on the command line keeps the preset's per-device batch and re-derives the accumulation.
+    config = parse_args(["--config", str(preset), "--global_batch_size", "128"])
+    assert resolve_batch_sizes(config, 1) == BatchSizes(128, 16, 8, 1)
+    # Both layout keys from the command line: checked against the preset's global batch, the numbers named.
+    config = parse_args(["--config", str(preset), "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2"])
+    with pytest.raises(ConfigError, match=r"global_batch_size 64 != per_device_batch_size 4 x "
+                                          r"gradient_accumulation_steps 2 x 1 process = 8"):
+        resolve_batch_sizes(config, 1)
+    assert resolve_batch_sizes(config, 8) == BatchSizes(64, 4, 2, 8)
+    config = parse_args(["--config", str(preset), "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2",
+                         "--global_batch_size", "null"])
+    assert resolve_batch_sizes(config, 1) == BatchSizes(8, 4, 2, 1)
+    # Without a command-line batch key the preset's three values stay as written (and are checked).
+    assert build_config(preset, {"max_steps": 3}).gradient_accumulation_steps == 4
+
+
 def test_learning_rate_warmup_then_cosine_to_the_floor():
     config = TrainingConfig(learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=10, max_steps=110)
     assert learning_rate_at(0, config) == pytest.approx(1e-4)

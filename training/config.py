@@ -7,6 +7,15 @@ A preset may start with `base: OTHER.yaml` (a path relative to the preset) to in
 preset override the base, and command-line `--key value` overrides both. Values on the command line are parsed as
 YAML (`--teacher_logit_scales "[70, 60]"`, `--push_to_hub` alone means true). Every key is documented in
 :class:`TrainingConfig` and in the README's table.
+
+Batch sizes follow transformers' Trainer, accelerate and open_clip: `per_device_batch_size` is what one forward
+pass of one process holds, and global batch = per_device_batch_size x gradient_accumulation_steps x processes. Any
+two of `global_batch_size`, `per_device_batch_size` and `gradient_accumulation_steps` determine the third
+(:func:`resolve_batch_sizes`, once the number of processes is known). The global batch is the recipe, the other two
+are how it is laid out on the hardware: so when the command line sets one of the three keys and the preset's keys
+would then fix all three, the preset's layout keys give way (its `gradient_accumulation_steps` first, then its
+`per_device_batch_size`) and are derived again. In the example above the preset's global batch of 8192 stays and
+the accumulation steps are derived: 8192 = 256 per device x 32 accumulation steps x 1 process.
 """
 
 from __future__ import annotations
@@ -105,13 +114,19 @@ class TrainingConfig:
     max_steps: int = 1000
     """Optimizer steps to train (the run spans as many epochs as that takes)."""
     per_device_batch_size: int | None = None
-    """Samples per process and step. Give this or `global_batch_size`."""
+    """Samples per process in one forward pass (one micro-batch), as transformers' `per_device_train_batch_size` and
+    open_clip's `--batch-size`. Global batch = per_device_batch_size x gradient_accumulation_steps x processes: give
+    any two of the three keys (null: derived). Set on the command line over a preset that fixes the other two, the
+    preset's accumulation steps are derived again."""
     global_batch_size: int | None = None
-    """Samples per step over all processes; must be a multiple of the number of processes."""
-    gradient_accumulation_steps: int = 1
-    """Split each process's batch into this many micro-batches, forward and backward one at a time, and step once:
-    the loss and gradients of the whole global batch with one micro-batch's activations in memory (open_clip's
-    `--accum-freq`; exact with frozen BatchNorm). Not a resume-invariant key: it changes memory, not the math."""
+    """Samples per optimizer step over all processes (the recipe's batch; the data order depends on it only).
+    Null: per_device_batch_size x gradient_accumulation_steps x processes. Given with per_device_batch_size, the
+    accumulation steps are derived (e.g. 8192 = 256 per device x 32 steps x 1 process); the numbers must divide."""
+    gradient_accumulation_steps: int | None = None
+    """Forward and backward this many micro-batches of per_device_batch_size per process, then step once: the loss
+    and gradients of the whole global batch with one micro-batch's activations in memory (open_clip's
+    `--accum-freq`; exact with frozen BatchNorm, see training/step.py). Null: derived from the other two keys, else
+    1. Not a resume-invariant key: it changes memory, not the math."""
     learning_rate: float = 1e-3
     """Peak AdamW learning rate, reached after `warmup_steps`."""
     min_learning_rate: float = 0.0
@@ -229,17 +244,18 @@ class TrainingConfig:
             if name in self.trackers and importlib.util.find_spec(name) is None:
                 raise ConfigError(f"report_to {name!r} needs the `{name}` package (pip install {name}), or set "
                                   "report_to to another tracker / none.")
-        for name in ("max_steps", "logging_steps", "eval_batch_size", "gradient_accumulation_steps",
-                     "shuffle_block_size"):
+        for name in ("max_steps", "logging_steps", "eval_batch_size", "shuffle_block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("save_steps", "warmup_steps", "eval_steps", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("per_device_batch_size", "global_batch_size", "max_train_samples", "stream_slots"):
+        for name in ("per_device_batch_size", "global_batch_size", "gradient_accumulation_steps", "max_train_samples",
+                     "stream_slots"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 (or null), got {value}.")
+        self._check_batch_sizes()
         if self.kd_weight is not None and not 0.0 <= self.kd_weight <= 1.0:
             raise ConfigError(f"kd_weight must lie in [0, 1], got {self.kd_weight}.")
         if self.mode == "clip" and self.kd_weight:
@@ -270,6 +286,24 @@ class TrainingConfig:
             raise ConfigError("freeze_batchnorm and sync_batchnorm exclude each other (frozen statistics need no "
                               "sync).")
 
+    def _check_batch_sizes(self) -> None:
+        """What the batch keys must satisfy for any number of processes: the global batch is a multiple of the
+        samples one process adds per step (the rest is checked against the processes by resolve_batch_sizes)."""
+        total, per_device = self.global_batch_size, self.per_device_batch_size
+        steps = self.gradient_accumulation_steps
+        if total is None:
+            return
+        factors = [f"{name} {value}" for name, value in (("per_device_batch_size", per_device),
+                                                          ("gradient_accumulation_steps", steps)) if value is not None]
+        product = (per_device or 1) * (steps or 1)
+        if factors and total % product:
+            raise ConfigError(
+                f"global_batch_size {total} is not a multiple of {' x '.join(factors)}"
+                f"{f' = {product}' if len(factors) > 1 else ''}: global batch = per_device_batch_size x "
+                "gradient_accumulation_steps x processes. Give two of the three keys (the third is derived; "
+                "`--KEY null` clears a preset's value) and make them divide."
+            )
+
     @property
     def trackers(self) -> list[str]:
         names = [name.strip() for name in self.report_to.split(",") if name.strip()]
@@ -288,6 +322,75 @@ class TrainingConfig:
 
 
 _FIELD_TYPES = typing.get_type_hints(TrainingConfig)
+# The three batch keys: the global batch (the recipe), then the two keys of its layout on the hardware (a preset's
+# layout keys give way to a command-line batch key, accumulation steps first: _rederive_preset_batch_layout).
+BATCH_KEYS = ("global_batch_size", "per_device_batch_size", "gradient_accumulation_steps")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "es" if word.endswith("s") else "s")
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """The batch layout of a run: global batch = per_device x accumulation_steps x num_processes."""
+
+    global_batch: int
+    """Samples per optimizer step over all processes."""
+    per_device: int
+    """Samples per process in one forward pass (a micro-batch)."""
+    accumulation_steps: int
+    """Micro-batches per process and optimizer step."""
+    num_processes: int
+
+    @property
+    def per_process(self) -> int:
+        """Samples per process and optimizer step (what the data loader hands each process)."""
+        return self.per_device * self.accumulation_steps
+
+    def describe(self) -> str:
+        return (f"global batch {self.global_batch} = {self.per_device} per device x "
+                f"{_plural(self.accumulation_steps, 'accumulation step')} x {_plural(self.num_processes, 'process')}")
+
+
+def resolve_batch_sizes(config: TrainingConfig, num_processes: int) -> BatchSizes:
+    """Global batch, per-device batch and accumulation steps from whichever two of them the config sets (all three:
+    they must agree; per_device_batch_size alone: 1 accumulation step), checked against the number of processes.
+    The error names the numbers."""
+    total, per_device = config.global_batch_size, config.per_device_batch_size
+    steps = config.gradient_accumulation_steps
+    processes = _plural(num_processes, "process")
+    if total is None:
+        if per_device is None:
+            raise ConfigError("Set per_device_batch_size (samples per process and forward pass) or global_batch_size "
+                              "(samples per optimizer step over all processes).")
+        steps = steps or 1
+        return BatchSizes(per_device * steps * num_processes, per_device, steps, num_processes)
+    if per_device is None:
+        steps = steps or 1
+        if total % (steps * num_processes):
+            raise ConfigError(
+                f"global_batch_size {total} cannot be split evenly over {processes} x "
+                f"{_plural(steps, 'accumulation step')} (= {steps * num_processes}); use a multiple of "
+                f"{steps * num_processes}, or set per_device_batch_size instead."
+            )
+        return BatchSizes(total, total // (steps * num_processes), steps, num_processes)
+    if steps is None:
+        if total % (per_device * num_processes):
+            raise ConfigError(
+                f"global_batch_size {total} is not a multiple of per_device_batch_size {per_device} x {processes} "
+                f"= {per_device * num_processes}, so no whole number of gradient_accumulation_steps gives it; choose "
+                "a per_device_batch_size (or a global_batch_size) that makes it one, or set "
+                "gradient_accumulation_steps instead of per_device_batch_size."
+            )
+        return BatchSizes(total, per_device, total // (per_device * num_processes), num_processes)
+    if per_device * steps * num_processes != total:
+        raise ConfigError(
+            f"global_batch_size {total} != per_device_batch_size {per_device} x gradient_accumulation_steps {steps} "
+            f"x {processes} = {per_device * steps * num_processes}; give two of the three (the third is derived; "
+            "`--KEY null` clears a preset's value) or make them agree."
+        )
+    return BatchSizes(total, per_device, steps, num_processes)
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
@@ -394,9 +497,23 @@ def build_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] 
     if overrides:
         _check_keys(overrides, "command line")
         sources.update({k: ("command line", v) for k, v in overrides.items()})
+        _rederive_preset_batch_layout(sources)
     for key, (where, value) in sources.items():
         values[key] = _coerce(key, value, str(where))
     return TrainingConfig(**values)
+
+
+def _rederive_preset_batch_layout(sources: dict[str, tuple[Path | str, Any]]) -> None:
+    """The command line set a batch key and, with the preset's, all three are set: drop the preset's accumulation
+    steps (else its per-device batch) so that it is derived from the user's value and the recipe's global batch.
+    A preset's global batch never gives way: if the user sets both layout keys they must agree with it."""
+    given = [key for key in BATCH_KEYS if key in sources and sources[key][1] is not None]
+    if len(given) < 3 or all(sources[key][0] != "command line" for key in given):
+        return
+    for key in reversed(BATCH_KEYS[1:]):  # gradient_accumulation_steps, then per_device_batch_size
+        if sources[key][0] != "command line":
+            sources[key] = (sources[key][0], None)
+            return
 
 
 def parse_args(argv: list[str] | None = None) -> TrainingConfig:
@@ -432,4 +549,5 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     return build_config(config_path, overrides)
 
 
-__all__ = ["CAPTION_MODES", "ConfigError", "MODES", "TrainingConfig", "build_config", "parse_args", "read_yaml_config"]
+__all__ = ["BATCH_KEYS", "BatchSizes", "CAPTION_MODES", "ConfigError", "MODES", "TrainingConfig", "build_config",
+           "parse_args", "read_yaml_config", "resolve_batch_sizes"]

@@ -1,6 +1,8 @@
 """The compute of one training step: student and teacher features, the loss over the global batch, its gradients.
 
-Gradient accumulation (`gradient_accumulation_steps`, open_clip's `--accum-freq`) cannot simply add the losses of
+Each process's batch of one optimizer step holds `per_device_batch_size x gradient_accumulation_steps` samples
+(training.config.resolve_batch_sizes): `gradient_accumulation_steps` micro-batches of `per_device_batch_size`, the
+samples one forward pass holds. Gradient accumulation (open_clip's `--accum-freq`) cannot simply add the losses of
 micro-batches: the CLIP and distillation losses score every image against every caption of the global batch, so a
 micro-batch alone would see fewer negatives and other softmax rows. Instead, :func:`accumulate_gradients`
 
@@ -151,15 +153,16 @@ def compute_losses(loss_fn: ReinforcedCLIPLoss, features: StepFeatures,
                    features.teacher_text_embeds)
 
 
-def micro_batch_size(per_device_batch_size: int, accumulation_steps: int) -> int:
-    """Samples per micro-batch; the per-device batch must split into `accumulation_steps` equal parts."""
-    if per_device_batch_size % accumulation_steps:
+def micro_batch_size(process_batch_size: int, accumulation_steps: int) -> int:
+    """Samples per micro-batch (the per-device batch): a process's batch of one optimizer step, per-device batch x
+    accumulation steps samples, must split into `accumulation_steps` equal parts."""
+    if process_batch_size % accumulation_steps:
         raise ConfigError(
-            f"The per-device batch of {per_device_batch_size} samples cannot be split into "
-            f"gradient_accumulation_steps={accumulation_steps} equal micro-batches; choose a per-device batch that is "
-            f"a multiple of {accumulation_steps}, or a number of steps that divides {per_device_batch_size}."
+            f"The process's step batch of {process_batch_size} samples cannot be split into "
+            f"gradient_accumulation_steps={accumulation_steps} equal micro-batches; it must hold "
+            f"per_device_batch_size x {accumulation_steps} samples (training.config.resolve_batch_sizes)."
         )
-    return per_device_batch_size // accumulation_steps
+    return process_batch_size // accumulation_steps
 
 
 def split_batch(batch: dict[str, Any], accumulation_steps: int) -> list[dict[str, Any]]:

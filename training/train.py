@@ -7,12 +7,13 @@ Modes (`--mode`): `reinforced` (default; CLIP + distillation against the teacher
 the MobileCLIP recipe), `clip` (no teacher: the baseline), `online` (the teachers run inside the loop on the same
 views: for comparison and for data that has not been reinforced).
 
-Steps, in order: Accelerator; the data, map-style or streaming (training/inputs.py), validated with the teachers
-(data columns vs mode, teacher dims vs stored embeddings, batch size vs processes); model, optimizer,
+Steps, in order: Accelerator; the batch sizes (global batch = per-device batch x accumulation steps x processes,
+`training.config.resolve_batch_sizes`); the data, map-style or streaming (training/inputs.py), validated with the
+teachers (data columns vs mode, teacher dims vs stored embeddings, batch size vs processes); model, optimizer,
 `accelerator.prepare`, the weights' EMA (`--ema_decay`); resume (`--resume_from_checkpoint latest`); the loop (lr
-from a pure function of the step, forward, loss over the global batch and backward, in micro-batches with
-`--gradient_accumulation_steps` (training/step.py), clip, AdamW step, logit-scale clamp, EMA update, logging,
-checkpoints, periodic zero-shot evaluation of the weights and their EMA); then the final evaluation, a complete
+from a pure function of the step, forward, loss over the global batch and backward, in `--gradient_accumulation_steps`
+micro-batches of `--per_device_batch_size` (training/step.py), clip, AdamW step, logit-scale clamp, EMA update,
+logging, checkpoints, periodic zero-shot evaluation of the weights and their EMA); then the final evaluation, a complete
 Hugging Face folder in `output_dir/model` (model card included) and an optional push to the Hub.
 """
 
@@ -45,13 +46,13 @@ from training.checkpointing import (
     resolve_resume_path,
     save_checkpoint,
 )
-from training.config import ConfigError, TrainingConfig, parse_args
+from training.config import BatchSizes, ConfigError, TrainingConfig, parse_args, resolve_batch_sizes
 from training.data import Collator, DataSpec
 from training.inputs import TrainingData, load_training_data, stream_state_files
 from training.ema import create_ema, update_ema
 from training.losses import ReinforcedCLIPLoss
 from training.run_guard import guard_output_dir
-from training.step import OnlineTeachers, accumulate_gradients, micro_batch_size, normalize_views
+from training.step import OnlineTeachers, accumulate_gradients, normalize_views
 
 
 DEFAULT_TEACHER_LOGIT_SCALE = 100.0  # MobileCLIP v1's teachers (OpenAI / DataComp-XL ViT-L-14)
@@ -74,26 +75,6 @@ class TrainingResult:
     """The trained model in memory (raw weights; unwrapped from DDP/compile)."""
     ema_model: MobileCLIPModel | None = None
     """Its EMA (`ema_decay`), or None."""
-
-
-def resolve_batch_sizes(config: TrainingConfig, num_processes: int) -> tuple[int, int]:
-    """(global batch, per-device batch) from whichever of the two the config sets, checked against the processes."""
-    if config.global_batch_size is not None:
-        if config.global_batch_size % num_processes:
-            raise ConfigError(
-                f"global_batch_size {config.global_batch_size} cannot be split evenly over {num_processes} "
-                f"processes; use a multiple of {num_processes} or set per_device_batch_size instead."
-            )
-        per_device = config.global_batch_size // num_processes
-        if config.per_device_batch_size is not None and config.per_device_batch_size != per_device:
-            raise ConfigError(
-                f"per_device_batch_size {config.per_device_batch_size} x {num_processes} processes != "
-                f"global_batch_size {config.global_batch_size}; set only one of the two."
-            )
-        return config.global_batch_size, per_device
-    if config.per_device_batch_size is None:
-        raise ConfigError("Set per_device_batch_size (samples per process) or global_batch_size (all processes).")
-    return config.per_device_batch_size * num_processes, config.per_device_batch_size
 
 
 def resolve_teacher_logit_scales(config: TrainingConfig, spec: DataSpec) -> list[float]:
@@ -266,8 +247,10 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
         dynamo_backend="inductor" if config.torch_compile else "no",
     )
     _check_launch(accelerator)
-    global_batch, per_device = resolve_batch_sizes(config, accelerator.num_processes)
-    micro_batch = micro_batch_size(per_device, config.gradient_accumulation_steps)
+    # global batch = per-device batch (one forward) x accumulation steps x processes; the loader hands each process
+    # per_device x accumulation_steps samples a step, which accumulate_gradients splits into the micro-batches.
+    batch_sizes: BatchSizes = resolve_batch_sizes(config, accelerator.num_processes)
+    global_batch, accumulation_steps = batch_sizes.global_batch, batch_sizes.accumulation_steps
     if config.sync_batchnorm and accelerator.device.type != "cuda":
         raise ConfigError("sync_batchnorm needs GPUs (torch SyncBatchNorm does not run on CPU); use freeze_batchnorm.")
     output_dir = Path(config.output_dir)
@@ -286,7 +269,8 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
     resolved = {
         **config.to_dict(),
         "global_batch_size_resolved": global_batch,
-        "per_device_batch_size_resolved": per_device,
+        "per_device_batch_size_resolved": batch_sizes.per_device,
+        "gradient_accumulation_steps_resolved": accumulation_steps,
         "num_processes": accelerator.num_processes,
         "kd_weight_resolved": kd_weight,
         "teachers_resolved": [] if config.mode == "clip" else spec.teacher_specs,
@@ -351,11 +335,8 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
     def normalize(views: torch.Tensor) -> torch.Tensor:
         return normalize_views(views, mean, std, config.channels_last)
 
-    in_micro_batches = "" if config.gradient_accumulation_steps == 1 else \
-        f" (in {config.gradient_accumulation_steps} micro-batches of {micro_batch})"
     accelerator.print(
-        f"mode {config.mode} | {config.variant} | {data.describe(global_batch)} | "
-        f"global batch {global_batch} = {accelerator.num_processes} x {per_device}{in_micro_batches} | "
+        f"mode {config.mode} | {config.variant} | {data.describe(global_batch)} | {batch_sizes.describe()} | "
         f"lambda {kd_weight} | teachers {resolved['teachers_resolved']} (scales {teacher_scales}) | "
         f"synthetic captions {spec.use_synthetic_captions} (caption_mode {config.caption_mode}) | "
         f"{config.max_steps} steps"
@@ -378,7 +359,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
             group["lr"] = lr
         batch = {k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         losses = accumulate_gradients(model, batch, loss_fn, unwrapped.logit_scale, normalize, teachers,
-                                      config.gradient_accumulation_steps, accelerator)
+                                      accumulation_steps, accelerator)
         if on_gradients is not None:
             on_gradients(state.step, unwrapped, losses)
         grad_norm = None
@@ -464,4 +445,6 @@ def main(argv: list[str] | None = None, on_gradients: OnGradients | None = None)
 
 
 if __name__ == "__main__":
-    main()
+    from modeling_mobileclip.cli import run_main
+
+    run_main(main)
