@@ -40,7 +40,7 @@ CITATIONS = {
 ARXIV = {"mobileclip": "2311.17049", "mobileclip2": "2508.20691"}
 
 # Licenses of the source weights as their Hub repos state them in their card metadata. NOT in the project's
-# reference sheets (../shared/reference): recalled from the repos' cards, to be verified before a public release.
+# reference sheets: recalled from the repos' cards, to be verified before a public release.
 # v1 (apple/MobileCLIP-*, apple/MobileCLIP-*-OpenCLIP, apple/mobileclip_*_timm): Apple Sample Code License (weights
 # and data); v2 (apple/MobileCLIP2-*, timm/MobileCLIP2-*-OpenCLIP): Apple Machine Learning Research Model license.
 LICENSES = {
@@ -54,7 +54,8 @@ RESULTS_SOURCE_URL = "https://github.com/apple/ml-mobileclip"
 
 # Published zero-shot results, by the row name of Apple's results table: apple/ml-mobileclip README results table
 # (rows as named here), whose ImageNet-1k and Avg-38 columns are the official evaluation dumps `results/*.jsonl`
-# (2 decimals); ../shared/reference mobileclip.md section 10.1. The papers' own table/row numbers are not verified in
+# (2 decimals); tests check them against tests/fixtures/reference/mobileclip_published_results.md, the results table
+# of the project's reference sheet (section 10.1). The papers' own table/row numbers are not verified in
 # the reference sheets (third-party transcriptions only), so cards cite the README table and row. Keys: ImageNet-1k
 # top-1, average over the 38 DataComp tasks, Flickr30k and COCO text-to-image recall@1.
 PUBLISHED_RESULTS: dict[str, dict[str, float]] = {

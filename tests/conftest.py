@@ -1,5 +1,5 @@
-"""Shared test setup: offline Hub, deterministic CPU math, paths to the shared oracles, the oracle libraries, and the
-fixtures and helpers more than one test module uses."""
+"""Shared test setup: offline Hub, deterministic CPU math, paths to the oracle files the repository bundles, the oracle
+libraries, and the fixtures and helpers more than one test module uses."""
 
 import importlib.util
 import os
@@ -16,9 +16,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MOBILECLIP_SHARED", REPO_ROOT.parent / "shared"))
-GOLDEN = SHARED / "golden"
-EMOJI = SHARED / "data" / "emoji"
+# Everything the tests read ships inside the repository, so a clone runs them with nothing beside it:
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+GOLDEN = FIXTURES / "golden"  # inputs and outputs of Apple's code for deterministic weights (see its README)
+REFERENCE = FIXTURES / "reference"  # excerpts of the published results, an oracle independent of the package's data
+EMOJI = REPO_ROOT / "dataset_scripts" / "data" / "emoji"  # the emoji dataset the quickstart trains on
 
 # The peer libraries the tests use as oracles (module -> pip name). They are the `test` extra of pyproject.toml: a
 # missing one fails the run at once instead of skipping the parity tests that need it.
@@ -71,14 +73,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not GOLDEN.is_dir():
-        pytest.fail(f"Golden oracle files not found at {GOLDEN}; set MOBILECLIP_SHARED to the shared folder.")
+        pytest.fail(f"Golden oracle files not found at {GOLDEN}; they ship with the repository (tests/fixtures).")
     return GOLDEN
 
 
 @pytest.fixture(scope="session")
 def emoji_dir() -> Path:
     if not EMOJI.is_dir():
-        pytest.fail(f"Emoji dataset not found at {EMOJI}; set MOBILECLIP_SHARED to the shared folder.")
+        pytest.fail(f"Emoji dataset not found at {EMOJI}; it ships with the repository (dataset_scripts/data).")
     return EMOJI
 
 

@@ -2,7 +2,7 @@
 `MobileCLIPProcessor.push_to_hub(model=)` and `convert --push-to-hub` upload weights, remote code, processor files
 and a model card (and the fused copy in `reparameterized/` when asked), after which `AutoModel`, `AutoProcessor` and
 `pipeline` load the pushed folder and give the original model's embeddings. Also the model cards themselves: parsed
-by huggingface_hub, model-index against the published numbers in ../shared/reference, and the usage snippet run."""
+by huggingface_hub, model-index against the published numbers (tests/fixtures/reference), and the usage snippet run."""
 
 import re
 
@@ -13,7 +13,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, pipeline
 
-from conftest import SHARED
+from conftest import REFERENCE
 from hub_helpers import LocalHub
 from model_helpers import golden_state_dict
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
@@ -134,9 +134,9 @@ def test_convert_push_to_hub_uploads_the_converted_folder_with_its_fused_copy(go
 
 def reference_results() -> dict[str, dict[str, float]]:
     """Row -> (IN top-1, Avg38, Flickr T->I R@1, COCO T->I R@1) parsed from the reference sheet's results table
-    (../shared/reference/mobileclip.md section 10.1), an oracle independent of model_card.py."""
+    (section 10.1, copied verbatim to tests/fixtures/reference), an oracle independent of model_card.py."""
     table = {}
-    for line in (SHARED / "reference" / "mobileclip.md").read_text().splitlines():
+    for line in (REFERENCE / "mobileclip_published_results.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 11 and cells[0].startswith("MobileCLIP") and re.fullmatch(r"[\d.]+", cells[3]):
             table[cells[0]] = dict(imagenet=float(cells[3]), avg38=float(cells[6]),

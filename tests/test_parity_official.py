@@ -1,6 +1,6 @@
 """Parity with the official implementations: Apple's code (golden files), open_clip and timm.
 
-Apple's code is not installable here; `../shared/golden` holds its inputs and outputs for deterministic weights
+Apple's code is not installable here; `tests/fixtures/golden` holds its inputs and outputs for deterministic weights
 (tolerance from its README: atol = rtol = 1e-5 in fp32). open_clip and timm run in the test as oracles on random
 weights with perturbed BatchNorm statistics and layer scales, converted by our converter.
 """

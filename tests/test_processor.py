@@ -1,5 +1,5 @@
 """MobileCLIP processor against its oracles: `open_clip.tokenize`, open_clip's image transforms and the golden files
-produced by Apple's code (`../shared/golden`)."""
+produced by Apple's code (`tests/fixtures/golden`)."""
 
 import json
 import os
@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -22,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision import transforms
 
+from conftest import EMOJI, GOLDEN
 from modeling_mobileclip.configuration_mobileclip import VARIANTS, MobileCLIPConfig, variant_preset
 from modeling_mobileclip.modeling_mobileclip import MobileCLIPModel
 from modeling_mobileclip.convert_vocab import find_bpe_file, write_vocab_files
@@ -33,10 +33,8 @@ from modeling_mobileclip.processing_mobileclip import (
 )
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "golden"
 GOLDEN_IMAGES = [GOLDEN / "images" / f"{name}.png" for name in ("desk", "fruit")]  # the order of the golden tensors
-EMOJI_PARQUET = SHARED / "data" / "emoji" / "twitter.parquet"
+EMOJI_PARQUET = EMOJI / "twitter.parquet"
 
 # Our variant -> open_clip (model name, pretrained tag) whose preprocessing config is the oracle.
 OPEN_CLIP_PREPROCESSING = {
