@@ -36,8 +36,8 @@ def _register_auto_classes() -> None:
 
     transformers' documented way for a custom model: with the package imported, `AutoConfig`, `AutoModel`,
     `AutoProcessor` & co. load a MobileCLIP folder with these classes and never ask to run the folder's remote code
-    (the `auto_map` code wins only with `trust_remote_code=True`). The remote code stays for machines without the
-    package. `exist_ok`: a folder loaded with `trust_remote_code=True` registers its own copies of these classes.
+    (transformers prefers explicitly registered classes, also when `trust_remote_code=True` is passed). The remote
+    code serves machines where the package is not installed.
     """
     from transformers import (
         AutoConfig,

@@ -4,6 +4,8 @@ load alone through `AutoModel` from a tower-only folder and, with their weights,
 `forward_intermediates`, a layer-by-layer replay and hand formulas); the zero-shot pipeline still works."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForZeroShotImageClassification, pipeline
 
+from conftest import subprocess_env
 from model_helpers import perturb_
 from modeling_mobileclip import (
     MobileCLIPConfig,
@@ -56,6 +59,7 @@ def full_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a fresh interpreter loads the remote code
 @pytest.mark.parametrize("tower", ["vision", "text"])
 def test_automodel_loads_a_tower_only_folder_as_that_tower(tower, tiny_config, tmp_path):
     tower_class, config = {
@@ -72,14 +76,43 @@ def test_automodel_loads_a_tower_only_folder_as_that_tower(tower, tiny_config, t
         "AutoModel": f"modeling_mobileclip.{tower_class.__name__}",
     }
 
-    loaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
-    assert type(loaded).__name__ == tower_class.__name__
-    assert type(loaded).__module__.startswith("transformers_modules.")  # the folder's copied code, not our package
+    # With the package imported, its registration with the Auto classes decides (transformers prefers explicitly
+    # registered classes even over trust_remote_code=True); where it is not importable, the folder's copied code.
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is tower_class
     pixel_values, input_ids = make_inputs(tiny_config)
     inputs = pixel_values if tower == "vision" else input_ids
     key = "image_embeds" if tower == "vision" else "pooler_output"
+    expected = model(inputs)[key].detach()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(inputs)[key], model(inputs)[key], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(loaded(inputs)[key], expected, rtol=1e-6, atol=1e-7)
+
+    torch.save({"inputs": inputs}, tmp_path / "inputs.pt")
+    result = subprocess.run([sys.executable, "-c", REMOTE_TOWER_SCRIPT, str(tmp_path), key],
+                            env={**subprocess_env(), "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+                            cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, name = result.stdout.split()[-2:]
+    assert module.startswith("transformers_modules.") and name == tower_class.__name__  # the folder's copied code
+    torch.testing.assert_close(torch.load(tmp_path / "remote_output.pt"), expected, rtol=1e-6, atol=1e-7)
+
+
+# A fresh interpreter in which our packages cannot be imported: only the folder's remote code can load the tower.
+REMOTE_TOWER_SCRIPT = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"modeling_mobileclip", "dataset_scripts", "training", "evaluation"}:
+            raise ImportError(name + " must not be importable here")
+sys.meta_path.insert(0, Block())
+import torch
+from transformers import AutoModel
+folder, key = sys.argv[1], sys.argv[2]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    torch.save(model(torch.load(folder + "/inputs.pt")["inputs"])[key], folder + "/remote_output.pt")
+print(type(model).__module__, type(model).__name__)
+"""
 
 
 def test_towers_load_from_a_full_checkpoint_with_its_weights(full_folder, tiny_config):
