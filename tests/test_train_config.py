@@ -78,7 +78,7 @@ def test_bad_keys_and_values_name_the_source(tmp_path):
 def test_per_device_batch_and_accumulation_give_the_global_batch():
     """transformers / accelerate / open_clip semantics: the per-device batch is one forward pass, accumulation
     multiplies it."""
-    from training.config import BatchSizes, resolve_batch_sizes
+    from training.batch_sizes import BatchSizes, resolve_batch_sizes
 
     config = parse_args(["--per_device_batch_size", "2", "--gradient_accumulation_steps", "4"])
     sizes = resolve_batch_sizes(config, 1)
@@ -95,7 +95,7 @@ def test_per_device_batch_and_accumulation_give_the_global_batch():
 
 
 def test_global_and_per_device_batch_derive_the_accumulation_steps():
-    from training.config import BatchSizes, resolve_batch_sizes
+    from training.batch_sizes import BatchSizes, resolve_batch_sizes
 
     config = parse_args(["--global_batch_size", "8", "--per_device_batch_size", "2"])
     assert config.gradient_accumulation_steps is None  # derived once the processes are known
@@ -111,7 +111,7 @@ def test_global_and_per_device_batch_derive_the_accumulation_steps():
 
 
 def test_impossible_batch_combinations_name_the_numbers():
-    from training.config import resolve_batch_sizes
+    from training.batch_sizes import resolve_batch_sizes
 
     # Not divisible, whatever the number of processes: refused when the config is built.
     with pytest.raises(ConfigError, match=r"global_batch_size 10 is not a multiple of per_device_batch_size 4\b"):
@@ -163,7 +163,7 @@ def test_readme_single_gpu_command_derives_the_accumulation_steps():
     """The README's one-GPU command (a preset with global_batch_size 8192 plus --per_device_batch_size 256) is valid
     on 1 process: 8192 = 256 per device x 32 accumulation steps x 1 process. The preset's global batch is unchanged
     and the 32-process recipe still splits it without accumulation."""
-    from training.config import BatchSizes, resolve_batch_sizes
+    from training.batch_sizes import BatchSizes, resolve_batch_sizes
 
     args = _readme_single_gpu_command()
     assert "--per_device_batch_size" in args and "--config" in args
@@ -181,7 +181,7 @@ def test_command_line_batch_key_wins_over_the_preset_layout_and_the_rest_is_deri
     """A preset fixing the global batch and its layout: a per-device batch on the command line re-derives the
     preset's accumulation steps; accumulation steps on the command line re-derive its per-device batch; the global
     batch stays the recipe's, and both layout keys on the command line must agree with it."""
-    from training.config import BatchSizes, resolve_batch_sizes
+    from training.batch_sizes import BatchSizes, resolve_batch_sizes
 
     preset = tmp_path / "preset.yaml"
     preset.write_text("variant: mobileclip-tiny\nreport_to: none\nglobal_batch_size: 64\nper_device_batch_size: 16\n"

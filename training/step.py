@@ -1,7 +1,7 @@
 """The compute of one training step: student and teacher features, the loss over the global batch, its gradients.
 
 Each process's batch of one optimizer step holds `per_device_batch_size x gradient_accumulation_steps` samples
-(training.config.resolve_batch_sizes): `gradient_accumulation_steps` micro-batches of `per_device_batch_size`, the
+(training.batch_sizes.resolve_batch_sizes): `gradient_accumulation_steps` micro-batches of `per_device_batch_size`, the
 samples one forward pass holds. Gradient accumulation (open_clip's `--accum-freq`) cannot simply add the losses of
 micro-batches: the CLIP and distillation losses score every image against every caption of the global batch, so a
 micro-batch alone would see fewer negatives and other softmax rows. Instead, :func:`accumulate_gradients`
@@ -160,7 +160,7 @@ def micro_batch_size(process_batch_size: int, accumulation_steps: int) -> int:
         raise ConfigError(
             f"The process's step batch of {process_batch_size} samples cannot be split into "
             f"gradient_accumulation_steps={accumulation_steps} equal micro-batches; it must hold "
-            f"per_device_batch_size x {accumulation_steps} samples (training.config.resolve_batch_sizes)."
+            f"per_device_batch_size x {accumulation_steps} samples (training.batch_sizes.resolve_batch_sizes)."
         )
     return process_batch_size // accumulation_steps
 

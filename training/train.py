@@ -8,7 +8,7 @@ the MobileCLIP recipe), `clip` (no teacher: the baseline), `online` (the teacher
 views: for comparison and for data that has not been reinforced).
 
 Steps, in order: Accelerator; the batch sizes (global batch = per-device batch x accumulation steps x processes,
-`training.config.resolve_batch_sizes`); the data, map-style or streaming (training/inputs.py), validated with the
+`training.batch_sizes.resolve_batch_sizes`); the data, map-style or streaming (training/inputs.py), validated with the
 teachers (data columns vs mode, teacher dims vs stored embeddings, batch size vs processes); model, optimizer,
 `accelerator.prepare`, the weights' EMA (`--ema_decay`); resume (`--resume_from_checkpoint latest`); the loop (lr
 from a pure function of the step, forward, loss over the global batch and backward, in `--gradient_accumulation_steps`
@@ -46,7 +46,8 @@ from training.checkpointing import (
     resolve_resume_path,
     save_checkpoint,
 )
-from training.config import BatchSizes, ConfigError, TrainingConfig, parse_args, resolve_batch_sizes
+from training.batch_sizes import BatchSizes, resolve_batch_sizes
+from training.config import ConfigError, TrainingConfig, parse_args
 from training.data import Collator, DataSpec
 from training.inputs import TrainingData, load_training_data, stream_state_files
 from training.ema import create_ema, update_ema
