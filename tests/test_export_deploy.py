@@ -40,7 +40,7 @@ def trained_tiny(tmp_path_factory):
     processor."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from training.config import CONFIGS_DIR, build_config
+    from training.config_loading import CONFIGS_DIR, build_config
     from training.inputs import TrainingData
     from training.train import train
 

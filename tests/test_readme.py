@@ -30,7 +30,7 @@ from conftest import EMOJI, REPO_ROOT, subprocess_env
 from torch_threads import single_torch_thread  # noqa: F401 (fixture)
 from train_helpers import build_reinforced_dataset
 from training.batch_sizes import BatchSizes, resolve_batch_sizes
-from training.config import parse_args
+from training.config_loading import parse_args
 
 README = REPO_ROOT / "README.md"
 TITLE = "mobileclip-hf: MobileCLIP and MobileCLIP2, Hugging Face-native"

@@ -253,7 +253,8 @@ def test_stochastic_layers_and_batchnorm_statistics_match_the_micro_batch_graph(
 
 def test_batch_that_does_not_split_into_micro_batches_is_refused_naming_both_numbers(fresh_accelerate_state,
                                                                                    tmp_path):
-    from training.config import ConfigError, parse_args
+    from training.config import ConfigError
+    from training.config_loading import parse_args
     from training.step import micro_batch_size
     from training.train import train
 

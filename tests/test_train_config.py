@@ -3,8 +3,10 @@
 
 import pytest
 
-from training.config import CONFIGS_DIR, ConfigError, TrainingConfig, build_config, parse_args
-from training.train import learning_rate_at, parameter_groups
+from training.config import ConfigError, TrainingConfig
+from training.config_loading import CONFIGS_DIR, build_config, parse_args
+from training.schedule import learning_rate_at
+from training.train import parameter_groups
 
 
 # Recipe facts from the reference sheet (mobileclip.md §7.1 and §7.3): global batch, steps, lambda, teacher scales.

@@ -171,7 +171,8 @@ def test_save_ema_weights_saves_the_ema_as_the_model_and_evaluates_both(fresh_ac
 
 def test_bad_ema_settings_and_resuming_with_ema_without_a_saved_ema_are_refused(fresh_accelerate_state,
                                                                                 reinforced_data, tmp_path):
-    from training.config import ConfigError, parse_args
+    from training.config import ConfigError
+    from training.config_loading import parse_args
     from training.train import main
 
     for decay in ("1.5", "0", "1"):

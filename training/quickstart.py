@@ -171,7 +171,7 @@ def build_held_out_sets(student_style: datasets.Dataset, unseen_style: datasets.
 
 
 def _config(settings: Settings, device: str, **overrides: Any):
-    from training.config import CONFIGS_DIR, build_config
+    from training.config_loading import CONFIGS_DIR, build_config
 
     return build_config(CONFIGS_DIR / PRESET, {
         "seed": settings.seed, "resume_from_checkpoint": "latest", "report_to": "none",

@@ -47,12 +47,15 @@ from training.checkpointing import (
     save_checkpoint,
 )
 from training.batch_sizes import BatchSizes, resolve_batch_sizes
-from training.config import ConfigError, TrainingConfig, parse_args
+from training.config import ConfigError, TrainingConfig
+from training.config_loading import parse_args
 from training.data import Collator, DataSpec
 from training.inputs import TrainingData, load_training_data, stream_state_files
 from training.ema import create_ema, update_ema
+from training.locking import lock_towers
 from training.losses import ReinforcedCLIPLoss
 from training.run_guard import guard_output_dir
+from training.schedule import learning_rate_at
 from training.step import OnlineTeachers, accumulate_gradients, normalize_views
 
 
@@ -90,15 +93,6 @@ def resolve_teacher_logit_scales(config: TrainingConfig, spec: DataSpec) -> list
     return [DEFAULT_TEACHER_LOGIT_SCALE] * len(spec.teacher_dims)
 
 
-def learning_rate_at(step: int, config: TrainingConfig) -> float:
-    """Linear warmup to `learning_rate` over `warmup_steps`, then cosine decay to `min_learning_rate` at max_steps."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
-
-
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no decay for biases, norm weights, layer scales and the logit scale (open_clip's rule)."""
     decay, no_decay = [], []
@@ -128,12 +122,12 @@ def build_model_and_processor(config: TrainingConfig) -> tuple[MobileCLIPModel, 
     return model, processor
 
 
-def set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
+def set_train_mode(model: nn.Module, frozen_norms: list[nn.Module]) -> None:
+    """Training mode, except the BatchNorm layers whose running statistics stay (`freeze_batchnorm`, locked groups
+    with `lock_image_freeze_bn_stats`)."""
     model.train()
-    if freeze_batchnorm:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+    for module in frozen_norms:
+        module.eval()
 
 
 class PeriodicEvaluation:
@@ -289,6 +283,11 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
     # (random-weight teachers, datasets), so every mode and process count starts from the same student.
     set_seed(config.seed)
     model, processor = build_model_and_processor(config)
+    # Locked parameters get requires_grad=False before the optimizer is built, so they have no optimizer state.
+    frozen_norm_names = lock_towers(model, config)
+    if config.freeze_batchnorm:
+        frozen_norm_names = [name for name, module in model.named_modules()
+                             if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     if config.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
@@ -302,6 +301,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: MobileCLIPModel = accelerator.unwrap_model(model)
+    frozen_norms = [unwrapped.get_submodule(name) for name in frozen_norm_names]  # after any SyncBatchNorm swap
     # Copied from the prepared model (its device and memory format), so the EMA starts at the initial weights; on
     # resume, load_checkpoint overwrites it with the saved EMA.
     ema = create_ema(unwrapped, config.ema_decay) if config.ema_decay is not None else None
@@ -346,7 +346,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
         accelerator.init_trackers(config.project_name, config=_tracker_config(resolved),
                                   init_kwargs={"wandb": {"name": config.run_name}} if config.run_name else {})
 
-    set_train_mode(model, config.freeze_batchnorm)
+    set_train_mode(model, frozen_norms)
     progress = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="training", dynamic_ncols=True)
     max_log_scale = math.log(config.logit_scale_max)
@@ -399,7 +399,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
                 and state.step < config.max_steps:
             metrics = evaluation(unwrapped, processor, ema_model)
             eval_history.append((state.step, metrics))  # the model card's model-index lists every evaluation
-            set_train_mode(model, config.freeze_batchnorm)
+            set_train_mode(model, frozen_norms)
             accelerator.log(metrics, step=state.step)
             accelerator.print(f"step {state.step}: {metrics}")
         if state.step >= config.max_steps:
