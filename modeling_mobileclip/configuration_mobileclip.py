@@ -421,6 +421,16 @@ DEV_VARIANTS: dict[str, dict] = {
         embed_dim=64,
         backbone_kwargs=dict(layers=(1, 1, 2, 1), embed_dims=(32, 64, 128, 128)),
     ),
+    # The L-14 architecture (a timm ViT, stochastic depth) at tiny size: the ViT paths of training and locking.
+    "mobileclip-tiny-vit": _variant(
+        "vit_large_patch14_clip_224",
+        64,
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+        embed_dim=32,
+        preprocess=_OPENAI_BICUBIC,
+        drop_path_rate=0.1,
+        backbone_kwargs=dict(depth=2, embed_dim=64, num_heads=4, patch_size=16),
+    ),
 }
 
 

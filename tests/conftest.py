@@ -123,6 +123,6 @@ def fresh_accelerate_state():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     reset()
-    yield
+    yield reset  # tests that run several trainings call it between them
     torch.set_num_threads(threads)
     reset()

@@ -24,7 +24,7 @@ from accelerate.commands.launch import launch_command_parser
 from accelerate.state import AcceleratorState, GradientState
 from click.testing import CliRunner
 from packaging.requirements import Requirement
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import EMOJI, REPO_ROOT, subprocess_env
 from torch_threads import single_torch_thread  # noqa: F401 (fixture)
@@ -52,6 +52,7 @@ BLOCKS = {
     "Train on it | from dataset_scripts.training_view import": ("test_python_snippets", "`DIR_OR_REPO` -> a small reinforced dataset; `model`, `processor` and `epoch` (defined by the reader's own code) -> mobileclip-tiny, epoch 0"),
     "Training (`training/`) | accelerate launch training/train.py": ("test_training_commands", "one GPU / CPU: parsed as written (8,192 = 256 x 32 x 1), then run with `TINY_TRAIN`, our reinforced Parquet for `/data/datacompdr12m`, `--per_device_batch_size 4 --global_batch_size 8` (still 2 derived accumulation steps); 32 processes (`$RANK`, `$MASTER` set): accelerate's parser and the batch split (8,192 = 256 x 1 x 32); the `publish` flags parsed"),
     "Training at DataCompDR scale | hf download apple/DataCompDR-12M": ("test_training_at_datacompdr_scale", "`hf download` and `img2dataset`: Apple's block's commands with `/data/` paths (checked equal); the launches: accelerate's parser, batch split and stream slots per process as the comments state; the 8-GPU command runs as 1 CPU process with `TINY_TRAIN`, Apple-layout tars for the `/data` globs and `--per_device_batch_size 2 --global_batch_size 4`; `convert_official` with a one-shard Apple layout for the `/data` globs"),
+    "Fine-tuning a converted checkpoint (LiT) | accelerate launch training/train.py": ("test_lit_fine_tuning", "`mobileclip-s0-hf` -> a saved mobileclip-tiny folder; run with `TINY_TRAIN` (2 steps; `--variant` becomes mobileclip-tiny, the folder's architecture); the saved image tower is checked bit-identical to the folder's, the text tower trained"),
     "Presets (`training/configs/`) | python -m dataset_scripts.reinforce": ("test_tiny_end_to_end_run", "`teacher_a`/`teacher_b` are links to one saved mobileclip-tiny folder (the comment: any saved folder works); `--max_steps 2 --eval_max_samples 64` (the preset trains 50 steps)"),
     "Zero-shot classification | python -m evaluation.zero_shot": ("test_evaluation_commands", "`path/to/mobileclip-s2` and `...` hold a mobileclip-tiny folder; `clip-benchmark/wds_imagenet1k` is a local CLIP_benchmark mirror of 18 emoji (a local folder comes before the Hub); `my_templates.json` is written here; `outputs/tiny-cpu-clip/model` is the Example's run; `accelerate launch -m ... --dataset ...` runs as 1 process on the tiny model and the imagenet1k mirror"),
     "Retrieval | python -m evaluation.retrieval": ("test_evaluation_commands", "`...` -> mobileclip-tiny; `clip-benchmark/wds_mscoco_captions` is a local CLIP_benchmark retrieval mirror of 6 emoji; the emoji command with `FIRST_256` (CI time)"),
@@ -367,6 +368,17 @@ def test_training_commands(workspace, reinforced, capsys):
                                "--output_dir": "outputs/s0", **TINY_TRAIN}), workspace)
     assert result.step == 2 and (workspace / "outputs" / "s0" / "model" / "config.json").is_file()
     assert "global batch 8 = 4 per device x 2 accumulation steps x 1 process" in capsys.readouterr().out
+
+
+def test_lit_fine_tuning(workspace, tiny_model_dir):
+    [command] = commands("Fine-tuning a converted checkpoint (LiT) | accelerate launch training/train.py")
+    result = run(options(replaced(command, {"mobileclip-s0-hf": tiny_model_dir}), TINY_TRAIN), workspace)
+    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    after = load_file(str(workspace / result.model_dir / "model.safetensors"))
+    weights = [name for name in before if not name.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    image = [name for name in weights if name.startswith("vision_model.")]
+    assert result.step == 2 and image and all(torch.equal(after[name], before[name]) for name in image)
+    assert all(not torch.equal(after[name], before[name]) for name in set(weights) - set(image))  # text, logit scale
 
 
 @pytest.mark.slow

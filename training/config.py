@@ -156,18 +156,19 @@ class TrainingConfig:
     """Freeze the image tower (open_clip's `--lock-image`): its parameters get no gradient, no optimizer state and
     stay bit-identical; LiT (locked-image tuning) with `init_from`."""
     lock_image_unlocked_groups: int = 0
-    """Leave the last N groups of the image tower trainable (`--lock-image-unlocked-groups`): groups are the stem,
-    each stage, then the final layers and the projection (`training.locking`)."""
+    """Leave the last N groups of the image tower trainable (`--lock-image-unlocked-groups`), open_clip's (timm's
+    `group_matcher`): the stem, one per block, then the final layers with the projection (`training.locking`)."""
     lock_image_freeze_bn_stats: bool = False
     """Keep the BatchNorm layers of the locked groups in eval mode, so their running statistics stay too
     (`--lock-image-freeze-bn-stats`)."""
     lock_text: bool = False
     """Freeze the text tower (open_clip's `--lock-text`)."""
     lock_text_unlocked_layers: int = 0
-    """Leave the last N transformer blocks of the text tower trainable, with the final norm and projection
-    (`--lock-text-unlocked-layers`)."""
+    """Leave the last N groups of the text tower trainable (`--lock-text-unlocked-layers`): the embeddings, one per
+    layer (the last with the final LayerNorm), then the projection; 1 trains the projection only."""
     lock_text_freeze_layer_norm: bool = False
-    """Also freeze the LayerNorms of the unlocked text blocks (`--lock-text-freeze-layer-norm`)."""
+    """Freeze the LayerNorms of the locked text groups too (`--lock-text-freeze-layer-norm`); without it they stay
+    trainable, as in open_clip's Hugging Face text towers (its own text transformer accepts only true)."""
 
     # --- performance -------------------------------------------------------------------------------------------
     mixed_precision: str = "bf16"
@@ -203,13 +204,15 @@ class TrainingConfig:
 
     # --- logging -----------------------------------------------------------------------------------------------
     report_to: str = "tensorboard"
-    """`tensorboard`, `wandb`, `all` or `none` (comma-separated combinations allowed)."""
+    """`tensorboard` (event files and hparams in `output_dir/<project_name>`), `wandb` (run folder in
+    `output_dir/wandb`, or under `$WANDB_DIR`; `WANDB_MODE=offline` keeps it local), `all` (both) or `none`
+    (comma-separated combinations allowed)."""
     logging_steps: int = 10
     """Log averaged losses, lr, logit scale and samples/s every N steps."""
     project_name: str = "mobileclip"
-    """Tracker project name (TensorBoard logs go to `output_dir/<project_name>`)."""
+    """Tracker project name: TensorBoard logs go to `output_dir/<project_name>`; the wandb project."""
     run_name: str | None = None
-    """Run name shown by wandb."""
+    """wandb's run name (default: one wandb makes up); TensorBoard does not use it."""
 
     # --- periodic zero-shot evaluation -------------------------------------------------------------------------
     eval_data: str | None = None
@@ -339,8 +342,13 @@ class TrainingConfig:
 
     @property
     def trackers(self) -> list[str]:
+        """The trackers to start. `all` means TensorBoard and wandb, not Accelerate's `all` (every tracker package
+        it finds installed: MLflow, Comet, Aim... would start too, each writing where it likes)."""
         names = [name.strip() for name in self.report_to.split(",") if name.strip()]
-        return [] if names == ["none"] else names
+        if names == ["none"]:
+            return []
+        expanded = [tracker for name in names for tracker in (("tensorboard", "wandb") if name == "all" else (name,))]
+        return list(dict.fromkeys(expanded))
 
     def resolved_kd_weight(self) -> float:
         if self.mode == "clip":

@@ -202,9 +202,30 @@ class MetricsWindow:
         return record
 
 
-def _tracker_config(resolved: dict[str, Any]) -> dict[str, Any]:
-    # TensorBoard's hparams accept only scalars and strings.
+def _tracker_config(resolved: dict[str, Any], tracker: str) -> dict[str, Any]:
+    """The resolved configuration as `tracker` stores it: wandb's config holds any JSON value; TensorBoard's hparams
+    hold only numbers, booleans and text (lists and None arrive as text)."""
+    if tracker == "wandb":
+        return dict(resolved)
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in resolved.items()}
+
+
+def start_trackers(accelerator: Accelerator, config: TrainingConfig, resolved: dict[str, Any], step: int = 0) -> None:
+    """Starts the `report_to` trackers (on the main process; the Accelerator was made with log_with=config.trackers)
+    with the resolved configuration: TensorBoard in `output_dir/<project_name>`; wandb named `run_name`, its folder
+    `output_dir/wandb` beside the run's other files unless WANDB_DIR chooses one (wandb's own default: the current
+    directory). `step`: the step a resumed run starts after."""
+    if not config.trackers:
+        return
+    wandb: dict[str, Any] = {"name": config.run_name} if config.run_name else {}
+    if not os.environ.get("WANDB_DIR"):
+        wandb["dir"] = config.output_dir
+    init_kwargs: dict[str, dict[str, Any]] = {"wandb": wandb}
+    if step:  # TensorBoard drops what an interrupted run logged after the checkpoint (redone), as the history does
+        init_kwargs["tensorboard"] = {"purge_step": step + 1}
+    accelerator.init_trackers(config.project_name, init_kwargs=init_kwargs)
+    for tracker in accelerator.trackers:  # empty but on the main process
+        tracker.store_init_configuration(_tracker_config(resolved, tracker.name))
 
 
 def _check_launch(accelerator: Accelerator) -> None:
@@ -300,7 +321,8 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
         betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped: MobileCLIPModel = accelerator.unwrap_model(model)
+    # The model itself, without DDP or torch.compile wrappers: its parameter names are the saved ones.
+    unwrapped: MobileCLIPModel = accelerator.unwrap_model(model, keep_torch_compile=False)
     frozen_norms = [unwrapped.get_submodule(name) for name in frozen_norm_names]  # after any SyncBatchNorm swap
     # Copied from the prepared model (its device and memory format), so the EMA starts at the initial weights; on
     # resume, load_checkpoint overwrites it with the saved EMA.
@@ -342,9 +364,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
         f"synthetic captions {spec.use_synthetic_captions} (caption_mode {config.caption_mode}) | "
         f"{config.max_steps} steps"
     )
-    if config.trackers:
-        accelerator.init_trackers(config.project_name, config=_tracker_config(resolved),
-                                  init_kwargs={"wandb": {"name": config.run_name}} if config.run_name else {})
+    start_trackers(accelerator, config, resolved, state.step)
 
     set_train_mode(model, frozen_norms)
     progress = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
