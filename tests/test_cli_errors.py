@@ -22,7 +22,10 @@ def no_debug_or_rank(monkeypatch):
     """The outcome must not depend on the caller's MOBILECLIP_DEBUG or launcher variables (the subprocesses inherit
     this environment too)."""
     for name in ("MOBILECLIP_DEBUG", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first: delenv of an unset variable records nothing to undo, and run_main(["--debug"]) sets
+        # MOBILECLIP_DEBUG for the processes it starts, which would then leak into the following test modules.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def run_command(command: list[str], cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:

@@ -47,8 +47,7 @@ def normalize_views(views: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     """uint8 (B, 3, S, S) views -> the student's normalised float input, in the memory format the run asked for.
 
     The views arrive with whatever strides decoding left (often channels-last, from HWC images), so the format is
-    set explicitly: one format for every batch, and torch 2.14's CPU inductor corrupts memory when a compiled
-    FastViT receives channels-last input it was not asked to handle (`torch_compile` without `channels_last`)."""
+    set explicitly: the one the run asked for, the same for every batch (a compiled model is specialised to it)."""
     pixels = normalize_pixels(views.float().div_(255.0), mean, std)
     return pixels.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

@@ -50,6 +50,7 @@ from training.batch_sizes import BatchSizes, resolve_batch_sizes
 from training.config import ConfigError, TrainingConfig
 from training.config_loading import parse_args
 from training.data import Collator, DataSpec
+from training.device_support import channels_last_cpu_kernels, check_device_support
 from training.inputs import TrainingData, load_training_data, stream_state_files
 from training.ema import create_ema, update_ema
 from training.locking import lock_towers
@@ -256,6 +257,11 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
         data: Training data the caller prepared (`training.inputs.TrainingData.from_dataset` for a `datasets.Dataset`
             in memory, or `load_training_data`); default: `load_training_data(config)`, which reads `train_data`.
     """
+    with channels_last_cpu_kernels(config):
+        return _train(config, on_gradients, data)
+
+
+def _train(config: TrainingConfig, on_gradients: OnGradients | None, data: TrainingData | None) -> TrainingResult:
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         log_with=config.trackers or None,
@@ -267,8 +273,7 @@ def train(config: TrainingConfig, on_gradients: OnGradients | None = None,
     # per_device x accumulation_steps samples a step, which accumulate_gradients splits into the micro-batches.
     batch_sizes: BatchSizes = resolve_batch_sizes(config, accelerator.num_processes)
     global_batch, accumulation_steps = batch_sizes.global_batch, batch_sizes.accumulation_steps
-    if config.sync_batchnorm and accelerator.device.type != "cuda":
-        raise ConfigError("sync_batchnorm needs GPUs (torch SyncBatchNorm does not run on CPU); use freeze_batchnorm.")
+    check_device_support(config, accelerator.device)
     output_dir = Path(config.output_dir)
 
     # Teachers and data (map-style or streaming, training/inputs.py), validated before any model is built.
