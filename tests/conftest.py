@@ -1,16 +1,25 @@
 """Shared test setup: offline Hub, deterministic CPU math, paths to the oracle files the repository bundles, the oracle
 libraries, and the fixtures and helpers more than one test module uses."""
 
+import atexit
 import importlib.util
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One fresh `datasets` cache per test session (subprocesses inherit it), removed at exit. datasets (5.2) keys the
+# Arrow copy of a local folder by the folder's name, and reuses it after the files changed; pytest's folder names
+# repeat across sessions (`reinforced1` of one run is another module's dataset in the next), so a shared cache
+# served one test another test's rows (CI runs the suite twice on one machine).
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="mobileclip-tests-datasets-")
+atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
