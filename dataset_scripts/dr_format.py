@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 from datasets import Array2D, Features, Image, List, Value
 
-from .atomic import SCRATCH_PREFIX, atomic_path
+from modeling_mobileclip.atomic import SCRATCH_PREFIX, atomic_path
 from .augmentation import AugmentationConfig
 
 

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import write_json_atomic
+from modeling_mobileclip.atomic import write_json_atomic
 from .dr_format import CARD_FILENAME, DATA_DIR, REPORT_FILENAME, ReinforcementMetadata
 
 

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
-from .atomic import write_json_atomic
+from modeling_mobileclip.atomic import write_json_atomic
 from .dr_format import (REPORT_FILENAME, ReinforcementMetadata, card_split_sizes, shard_filename, write_dataset_card,
                         write_parquet_shard)
 from .ownership import record_card

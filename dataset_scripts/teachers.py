@@ -26,6 +26,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as torch_F
 
+from modeling_mobileclip.loading import pretrained_classes
+
 from .pixels import normalize_pixels
 
 
@@ -193,8 +195,6 @@ class HFTeacher(Teacher):
 
     def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
         super().__init__(spec.raw, device, dtype)
-        from evaluation.common import pretrained_classes
-
         try:
             model_class, processor_class, tokenizer_class, kwargs = pretrained_classes(
                 spec.name, spec.trust_remote_code,

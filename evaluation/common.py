@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from modeling_mobileclip import loading
+
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DATA_DIR = PACKAGE_DIR / "data"
@@ -27,11 +29,6 @@ class EvaluationInputError(ValueError):
     """Input that cannot be evaluated: a missing column, class names of the wrong length, an empty split, ..."""
 
 
-class RemoteCodeError(EvaluationInputError):
-    """A model whose config names custom Python code, asked for without trusting remote code."""
-
-
-TRUST_REMOTE_CODE_HINT = "rerun with --trust-remote-code"
 
 
 def evaluation_parser(description: str) -> argparse.ArgumentParser:
@@ -58,62 +55,20 @@ def make_accelerator(cpu: bool = False) -> Accelerator:
     return Accelerator(cpu=cpu)
 
 
-def read_config(model_id: str) -> dict:
-    """`config.json` of a folder or Hub id as a dict (downloaded if needed; parsed as JSON, no code runs)."""
-    from transformers import PretrainedConfig
-
-    return PretrainedConfig.get_config_dict(model_id)[0]
-
-
-def is_mobileclip_config(config: dict) -> bool:
-    from modeling_mobileclip import MobileCLIPConfig
-
-    return config.get("model_type") == MobileCLIPConfig.model_type
-
-
-def pretrained_classes(model_id: str, trust_remote_code: bool = False,
-                       how_to_trust: str = TRUST_REMOTE_CODE_HINT) -> tuple[Any, Any, Any, dict]:
-    """(model class, processor class, tokenizer class, from_pretrained kwargs) that load `model_id`.
-
-    Reads only `config.json` (no code runs). MobileCLIP checkpoints (model_type `mobileclip`) load with this
-    package's own classes, so the Python files saved next to them are never imported. Other models load with
-    `AutoModel` / `AutoProcessor` / `AutoTokenizer` and `trust_remote_code` exactly as given; a config that needs
-    custom code (an `auto_map` for a model_type transformers does not know) without trust raises
-    :class:`RemoteCodeError` telling the user `how_to_trust`, instead of transformers' interactive prompt.
-    """
-    from transformers import AutoModel, AutoProcessor, AutoTokenizer
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    from modeling_mobileclip import MobileCLIPModel, MobileCLIPProcessor, MobileCLIPTokenizer
-
-    config = read_config(model_id)
-    model_type = config.get("model_type")
-    if is_mobileclip_config(config):
-        return MobileCLIPModel, MobileCLIPProcessor, MobileCLIPTokenizer, {}
-    if not trust_remote_code and config.get("auto_map") and model_type not in CONFIG_MAPPING_NAMES:
-        raise RemoteCodeError(
-            f"{model_id}: its config.json names custom code (auto_map {config['auto_map']}) for model_type "
-            f"{model_type!r}, which neither this package nor transformers provides. Loading it would run Python "
-            f"code shipped with the model, so nothing was loaded. If you trust its author, {how_to_trust}."
-        )
-    return AutoModel, AutoProcessor, AutoTokenizer, {"trust_remote_code": trust_remote_code}
-
-
 def load_model_and_processor(model_id: str, accelerator: Accelerator,
                              trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
-    """Loads `model_id` (see :func:`pretrained_classes`) in eval mode on the accelerator's device."""
-    model_class, processor_class, _, kwargs = pretrained_classes(model_id, trust_remote_code)
+    """The project's one loader (:func:`modeling_mobileclip.loading.load_model_and_processor`), on the accelerator's
+    device, for a CLIP model with `encode_image` / `encode_text`."""
     # One process at a time fills the remote-code module cache: concurrent writers break imports (transformers#27421).
     with accelerator.main_process_first():
-        model = model_class.from_pretrained(model_id, **kwargs)
-        processor = processor_class.from_pretrained(model_id, **kwargs)
+        model, processor = loading.load_model_and_processor(model_id, trust_remote_code)
     for method in ("encode_image", "encode_text"):
         if not callable(getattr(model, method, None)):
             raise EvaluationInputError(
                 f"{model_id} loads as {type(model).__name__}, which has no {method}(); the evaluation needs a CLIP "
                 "model with encode_image(pixel_values) and encode_text(input_ids)."
             )
-    return model.eval().to(accelerator.device), processor
+    return model.to(accelerator.device), processor
 
 
 def model_name(model: torch.nn.Module, fallback: str) -> str:
@@ -206,7 +161,7 @@ def results_record(dataset: str, model: str, pretrained: str, task: str, metrics
 
 def write_json(path: str | Path, record: dict) -> Path:
     """Writes `record` atomically (a crash never leaves a half-written result that a resumed run would trust)."""
-    from dataset_scripts.atomic import write_json_atomic
+    from modeling_mobileclip.atomic import write_json_atomic
 
     write_json_atomic(path, record, indent=2)
     return Path(path)

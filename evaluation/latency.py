@@ -22,7 +22,9 @@ from typing import Callable
 
 import torch
 
-from .common import write_json
+from modeling_mobileclip.loading import is_mobileclip_config, read_config
+
+from .common import EvaluationInputError, write_json
 
 
 # Our variant name -> open_clip model name (architecture only; weights stay random). Also the peers of
@@ -63,8 +65,6 @@ def build_models(variant: str | None, model_id: str | None) -> tuple[torch.nn.Mo
     from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
 
     if model_id is not None:
-        from .common import EvaluationInputError, is_mobileclip_config, read_config
-
         # Latency compares MobileCLIP with its peers only, so a MobileCLIP checkpoint is required and loads with this
         # package's classes: the code files saved next to it never run (no --trust-remote-code needed).
         config = read_config(model_id)

@@ -35,7 +35,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_folder
 from .configuration_mobileclip import VARIANTS, MobileCLIPConfig
+from .model_folder import push_folder, write_model_folder
 from .modeling_mobileclip import MobileCLIPModel
 
 
@@ -542,7 +544,7 @@ def model_card_for(conversion: Conversion, repo_id: str | None = None, reparamet
         published_row=conversion.official.row if conversion.official else None, reparameterized=reparameterized)
 
 
-REPARAMETERIZED_SUBFOLDER = "reparameterized"
+PUSH_MESSAGE = "Upload MobileCLIP converted with modeling_mobileclip.convert"
 
 
 def write_converted(conversion: Conversion, output: str | Path, repo_id: str | None = None,
@@ -552,18 +554,10 @@ def write_converted(conversion: Conversion, output: str | Path, repo_id: str | N
     `reparameterize`: the folder holds the fused form; `reparameterized_subfolder`: the train-time form plus a fused
     copy in `reparameterized/`.
     """
-    from dataset_scripts.atomic import atomic_folder
-
-    model = conversion.model
+    model = copy.deepcopy(conversion.model).reparameterize() if reparameterize else conversion.model
     with atomic_folder(output) as staging:
-        main_model = copy.deepcopy(model).reparameterize() if reparameterize else model
-        save_model_folder(main_model, staging)
-        model_card_for(conversion, repo_id, reparameterized=reparameterize).save(staging / "README.md")
-        if reparameterized_subfolder and not reparameterize:
-            fused = copy.deepcopy(model).reparameterize()
-            save_model_folder(fused, staging / REPARAMETERIZED_SUBFOLDER)
-            fused_card = model_card_for(conversion, repo_id, reparameterized=True)
-            fused_card.save(staging / REPARAMETERIZED_SUBFOLDER / "README.md")
+        write_model_folder(model, staging, reparameterized_subfolder=reparameterized_subfolder,
+                           model_card=lambda fused: model_card_for(conversion, repo_id, reparameterized=fused))
     return Path(output)
 
 
@@ -592,27 +586,6 @@ def find_official_checkpoints(folder: str | Path | None = None) -> list[tuple[st
             if name is not None:
                 found.append((str(path), path.parent.name if path.parent != folder_path else path.stem))
     return found
-
-
-def save_model_folder(model: MobileCLIPModel, output_dir: str | Path, processor=None) -> Path:
-    """Writes a complete remote-code folder: config (with auto_map), weights, code and processor files."""
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    if processor is None:
-        from .processing_mobileclip import MobileCLIPProcessor
-
-        if not model.config.variant:
-            raise ValueError("The model config names no variant: pass the processor to save explicitly.")
-        processor = MobileCLIPProcessor.from_variant(model.config.variant)
-    processor.save_pretrained(output_dir)
-    return output_dir
-
-
-def push_converted(folder: str | Path, repo_id: str, private: bool | None = None) -> str:
-    """Uploads a converted folder (subfolders included) with `dataset_scripts.hub_push.push_folder`."""
-    from dataset_scripts.hub_push import push_folder
-
-    return push_folder(folder, repo_id, private, "Upload MobileCLIP converted with modeling_mobileclip.convert")
 
 
 def main(argv: list[str] | None = None) -> Path | list[Path]:
@@ -655,7 +628,7 @@ def main(argv: list[str] | None = None) -> Path | list[Path]:
     output = write_converted(conversion, args.output, args.push_to_hub, args.reparameterize, args.push_reparameterized)
     print(f"Wrote {conversion.variant} ({conversion.source}) to {output}")
     if args.push_to_hub:
-        print(f"Pushed to {push_converted(output, args.push_to_hub, args.private or None)}")
+        print(f"Pushed to {push_folder(output, args.push_to_hub, args.private or None, PUSH_MESSAGE)}")
     return output
 
 

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import loading
+from .loading import is_mobileclip_config, read_config
 from .export_quantize import (  # noqa: F401  (fidelity_rows re-exported with the other fidelity helpers)
     ExportInputError, fidelity_metrics, fidelity_rows, fidelity_set, format_fidelity, onnx_session, run_onnx
 )
@@ -161,14 +163,9 @@ def config_sha256(config) -> str:
     return hashlib.sha256(json.dumps(strip(config.to_dict()), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def load_model_and_processor(model_id: str):
-    """(MobileCLIPModel in fp32 eval mode, MobileCLIPProcessor) of a saved folder or Hub id, with this package's
-    classes; a folder without the processor's files raises ExportInputError naming what is missing."""
-    from transformers import PretrainedConfig
-
-    from .modeling_mobileclip import MobileCLIPModel
-    from .processing_mobileclip import MobileCLIPProcessor
-
+def load_exportable(model_id: str):
+    """(MobileCLIPModel in fp32 eval mode, MobileCLIPProcessor) of a saved folder or Hub id, through the project's one
+    loader; a folder without the processor's files raises ExportInputError naming what is missing."""
     folder = Path(model_id)
     if folder.is_dir():
         present = {p.name for p in folder.iterdir()}
@@ -186,18 +183,16 @@ def load_model_and_processor(model_id: str):
                 "(`MobileCLIPProcessor.from_variant(VARIANT).save_pretrained(DIR)`)."
             )
     try:
-        config = PretrainedConfig.get_config_dict(model_id)[0]
+        config = read_config(model_id)
     except OSError as error:
         raise ExportInputError(f"Cannot read the config of {model_id!r}: {error}") from error
-    if config.get("model_type") != "mobileclip":
+    if not is_mobileclip_config(config):
         raise ExportInputError(f"{model_id} is model_type {config.get('model_type')!r}, not a MobileCLIP checkpoint.")
     try:
-        processor = MobileCLIPProcessor.from_pretrained(model_id)
+        return loading.load_model_and_processor(model_id, dtype=torch.float32)
     except (OSError, ValueError, TypeError) as error:
-        raise ExportInputError(f"{model_id} has no loadable processor ({error}); the export needs its files.") \
-            from error
-    model = MobileCLIPModel.from_pretrained(model_id, dtype=torch.float32).eval()
-    return model, processor
+        raise ExportInputError(f"{model_id} has no loadable processor or weights ({error}); the export needs its "
+                               "files.") from error
 
 
 def preprocessing_manifest(processor) -> dict[str, Any]:
@@ -490,7 +485,7 @@ def export(model: nn.Module, processor, output: str | Path, format: str = "onnx"
     """Exports `model` (a MobileCLIPModel, left untouched) with `processor` into the folder `output`; returns the
     manifest. `calibration` is a `CalibrationData` (see `export_quantize.load_calibration_data`). The folder appears
     complete or not at all (`dataset_scripts.atomic.atomic_folder`)."""
-    from dataset_scripts.atomic import atomic_folder
+    from .atomic import atomic_folder
 
     from .export_quantize import DEFAULT_TARGET_COSINE, calibration_inputs, quantize_onnx
 
@@ -637,7 +632,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ExportInputError(f"--opset {args.opset}: torch.onnx's dynamo exporter writes opset {MIN_OPSET} or newer.")
     parse_batch(args.batch)
     check_output(Path(args.output), args.model)
-    model, processor = load_model_and_processor(args.model)
+    model, processor = load_exportable(args.model)
     calibration = None
     if args.calibration is not None:
         calibration = load_calibration_data(args.calibration, args.calibration_samples, args.calibration_config,

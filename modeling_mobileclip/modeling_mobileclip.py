@@ -524,36 +524,22 @@ def _push_to_hub(model: "MobileCLIPModel", repo_id: str, processor=None, *, comm
                  max_shard_size: int | str | None = None, tags: list[str] | None = None) -> Any:
     """The complete folder in one commit: weights + config (auto_map) + remote code, processor files, README.md model
     card, and with `reparameterized_subfolder` the fused copy in `reparameterized/`."""
-    import copy
     import tempfile
 
-    from huggingface_hub import HfApi
-
     from .model_card import build_model_card
-    from .processing_mobileclip import MobileCLIPProcessor
+    from .model_folder import push_folder, write_model_folder
 
-    variant = model.config.variant
-    if processor is None:
-        if not variant:
-            raise ValueError("push_to_hub: the config names no variant, so the processor is unknown: pass processor=.")
-        processor = MobileCLIPProcessor.from_variant(variant)
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    def card(reparameterized: bool):
+        if model_card is not None and reparameterized == bool(model.config.vision_config.reparameterized):
+            return model_card
+        return build_model_card(model.config.variant or "mobileclip", repo_id=repo_id, tags=tags,
+                                reparameterized=reparameterized)
+
     with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        forms = [(folder, model, False)]
-        if reparameterized_subfolder and not model.config.vision_config.reparameterized:
-            forms.append((folder / "reparameterized", copy.deepcopy(model).eval().reparameterize(), True))
-        for target, form, fused in forms:
-            form.save_pretrained(target, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
-            processor.save_pretrained(target)
-            card = model_card if model_card is not None and not fused else build_model_card(
-                variant or "mobileclip", repo_id=repo_id, tags=tags,
-                reparameterized=fused or model.config.vision_config.reparameterized)
-            card.save(target / "README.md")
-        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or
-                                 "Upload MobileCLIP (weights, remote code, processor, model card)",
-                                 revision=revision, create_pr=create_pr)
+        write_model_folder(model, folder, processor, card, reparameterized_subfolder, max_shard_size)
+        return push_folder(folder, repo_id, private, commit_message or
+                           "Upload MobileCLIP (weights, remote code, processor, model card)", token=token,
+                           revision=revision, create_pr=create_pr)
 
 
 AUTO_MAP = {

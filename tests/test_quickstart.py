@@ -185,11 +185,11 @@ def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelera
 
 def _saved_random_model(folder: Path, variant: str) -> Path:
     from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
-    from modeling_mobileclip.convert import save_model_folder
+    from modeling_mobileclip.model_folder import write_model_folder
     from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 
     torch.manual_seed(0)
-    save_model_folder(MobileCLIPModel(MobileCLIPConfig.from_variant(variant)).eval(), folder,
+    write_model_folder(MobileCLIPModel(MobileCLIPConfig.from_variant(variant)).eval(), folder,
                       MobileCLIPProcessor.from_variant(variant))
     return folder
 

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from model_helpers import golden_state_dict
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
-from modeling_mobileclip.convert import main as convert_main, save_model_folder
+from modeling_mobileclip.convert import main as convert_main
+from modeling_mobileclip.model_folder import write_model_folder
 
 
 # Runs in a fresh interpreter: blocks our top-level packages so that only the folder's copied code can be used.
@@ -125,7 +126,7 @@ def test_tiny_model_save_pretrained_round_trip_through_auto_classes(tmp_path):
     torch.manual_seed(0)
     config = MobileCLIPConfig.from_variant("mobileclip-tiny")
     model = MobileCLIPModel(config).eval()
-    folder = save_model_folder(model, tmp_path / "tiny")
+    folder = write_model_folder(model, tmp_path / "tiny")
     image = Image.new("RGB", (80, 70), color=(200, 30, 60))
     image_path = tmp_path / "red.png"
     image.save(image_path)

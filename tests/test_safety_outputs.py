@@ -1,5 +1,5 @@
 """Output folders have an owner: reinforcement and training refuse to write into another run's folder; every file
-and folder is written atomically (`dataset_scripts.atomic`), so a failed write leaves the previous content."""
+and folder is written atomically (`modeling_mobileclip.atomic`), so a failed write leaves the previous content."""
 
 import json
 import os
@@ -219,7 +219,7 @@ def test_the_main_process_records_ownership_only_after_every_process_has_checked
 
 
 def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
-    from dataset_scripts.atomic import atomic_path, write_json_atomic
+    from modeling_mobileclip.atomic import atomic_path, write_json_atomic
 
     path = tmp_path / "sub" / "state.json"
     write_json_atomic(path, {"step": 1})
@@ -236,7 +236,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pa
 
 
 def test_an_atomic_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):
-    from dataset_scripts.atomic import atomic_folder
+    from modeling_mobileclip.atomic import atomic_folder
 
     folder = tmp_path / "model"
     with atomic_folder(folder) as staging:

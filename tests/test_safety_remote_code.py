@@ -16,7 +16,8 @@ import torch
 from accelerate import Accelerator
 
 from evaluation import retrieval
-from evaluation.common import RemoteCodeError, evaluation_parser, load_model_and_processor
+from evaluation.common import evaluation_parser, load_model_and_processor
+from modeling_mobileclip.loading import RemoteCodeError
 
 
 EVIL_CODE = """

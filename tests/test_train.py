@@ -116,7 +116,7 @@ def test_emoji_reinforced_run_lowers_loss_saves_loadable_folder_and_pushes(
 
     from dataset_scripts.reinforce import main as reinforce_main
     from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
-    from modeling_mobileclip.convert import save_model_folder
+    from modeling_mobileclip.model_folder import write_model_folder
     from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
     from training.train import main
 
@@ -125,7 +125,7 @@ def test_emoji_reinforced_run_lowers_loss_saves_loadable_folder_and_pushes(
         torch.manual_seed(100 + index)
         teacher = MobileCLIPModel(MobileCLIPConfig.from_variant("mobileclip-tiny")).eval()
         processor = MobileCLIPProcessor.from_variant("mobileclip-tiny")
-        teachers.append(save_model_folder(teacher, tmp_path / f"teacher{index}", processor))
+        teachers.append(write_model_folder(teacher, tmp_path / f"teacher{index}", processor))
     data = tmp_path / "emoji_dr"
     reinforce_main([
         "--source", str(EMOJI), "--source-config", "twitter", "--split", "train[:64]", "--output", str(data),
@@ -202,7 +202,7 @@ def test_clip_mode_on_plain_data_and_online_mode_with_teachers(fresh_accelerate_
     from accelerate.state import AcceleratorState
 
     from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
-    from modeling_mobileclip.convert import save_model_folder
+    from modeling_mobileclip.model_folder import write_model_folder
     from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
     from training.train import main
 
@@ -213,7 +213,7 @@ def test_clip_mode_on_plain_data_and_online_mode_with_teachers(fresh_accelerate_
     AcceleratorState._reset_state(True)
 
     torch.manual_seed(7)
-    teacher = save_model_folder(MobileCLIPModel(MobileCLIPConfig.from_variant("mobileclip-tiny")).eval(),
+    teacher = write_model_folder(MobileCLIPModel(MobileCLIPConfig.from_variant("mobileclip-tiny")).eval(),
                                 tmp_path / "teacher", MobileCLIPProcessor.from_variant("mobileclip-tiny"))
     online = main([*TINY, "--mode", "online", "--teachers", f"[hf:{teacher}]", "--teacher_logit_scales", "[50]",
                    "--train_data", str(reinforced_data), "--max_steps", "2", "--per_device_batch_size", "8",

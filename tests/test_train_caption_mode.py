@@ -24,7 +24,7 @@ def column_caption_data(tmp_path_factory) -> Path:
 
     from dataset_scripts.reinforce import main as reinforce_main
     from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
-    from modeling_mobileclip.convert import save_model_folder
+    from modeling_mobileclip.model_folder import write_model_folder
     from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 
     root = tmp_path_factory.mktemp("column-captions")
@@ -36,7 +36,7 @@ def column_caption_data(tmp_path_factory) -> Path:
     teacher = MobileCLIPModel(MobileCLIPConfig.from_variant("mobileclip-tiny")).eval()
     with torch.no_grad():
         teacher.logit_scale.fill_(math.log(14.6))
-    teacher_dir = save_model_folder(teacher, root / "teacher", MobileCLIPProcessor.from_variant("mobileclip-tiny"))
+    teacher_dir = write_model_folder(teacher, root / "teacher", MobileCLIPProcessor.from_variant("mobileclip-tiny"))
     reinforce_main([
         "--source", str(root / "source.parquet"), "--output", str(root / "data"), "--teachers", f"hf:{teacher_dir}",
         "--caption-column", "captions", "--captioner", "column:captions", "--num-synthetic-captions", "3",

@@ -30,7 +30,7 @@ import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from dataset_scripts.atomic import publish_folder, staging_folder, temporary_path
+from modeling_mobileclip.atomic import publish_folder, staging_folder, temporary_path
 
 from .config import ConfigError, TrainingConfig
 

@@ -1,17 +1,15 @@
 """The trained model as a complete Hugging Face folder, its model card, and the push to the Hub.
 
 `save_trained_model` writes `config.json` (with `auto_map`), `model.safetensors`, the remote-code files and the
-processor through `modeling_mobileclip.convert.save_model_folder`, plus a README.md model card
+processor through `modeling_mobileclip.model_folder.write_model_folder` (the one folder writer), plus a README.md model card
 (`modeling_mobileclip.model_card.build_model_card`, the builder converted checkpoints use) with the evaluation results
 in its model-index, the training configuration and final metrics; optionally a reparameterized (fused) copy for
 inference/export.
-`push_folder` uploads it to a Hub model repo through `dataset_scripts.hub_push`, the one upload the dataset scripts
-use too.
+`training/train.py` pushes it with `modeling_mobileclip.model_folder.push_folder`, the one upload of the project.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -19,12 +17,8 @@ from typing import Any
 import torch
 import yaml
 
-from dataset_scripts import hub_push
-from modeling_mobileclip.convert import save_model_folder
 from modeling_mobileclip.model_card import build_model_card, training_eval_results
-
-
-REPARAMETERIZED_SUBFOLDER = "reparameterized"
+from modeling_mobileclip.model_folder import write_model_folder
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
@@ -75,12 +69,6 @@ def model_card(resolved_config: dict[str, Any], metrics: dict[str, Any], reparam
         tags=["multi-modal-reinforced-training", f"mode-{resolved_config['mode']}"])
 
 
-def model_card_text(resolved_config: dict[str, Any], metrics: dict[str, Any], reparameterized: bool = False,
-                    eval_history: list[tuple[int, dict[str, Any]]] | None = None) -> str:
-    """README.md text of a trained model (see :func:`model_card`)."""
-    return str(model_card(resolved_config, metrics, reparameterized, eval_history))
-
-
 def save_trained_model(model, processor, output_dir: str | Path, resolved_config: dict[str, Any],
                        metrics: dict[str, Any], reparameterized_copy: bool = False,
                        eval_history: list[tuple[int, dict[str, Any]]] | None = None) -> Path:
@@ -89,21 +77,10 @@ def save_trained_model(model, processor, output_dir: str | Path, resolved_config
     output_dir = Path(output_dir)
     # channels_last weights are not contiguous in the default layout; safetensors needs contiguous tensors.
     model = model.to(memory_format=torch.contiguous_format)
-    save_model_folder(model, output_dir, processor)
-    model_card(resolved_config, metrics, eval_history=eval_history).save(output_dir / "README.md")
+    write_model_folder(model, output_dir, processor, reparameterized_subfolder=reparameterized_copy,
+                       model_card=lambda fused: model_card(resolved_config, metrics, fused, eval_history))
     (output_dir / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
-    if reparameterized_copy:
-        fused = copy.deepcopy(model).eval().reparameterize()
-        fused_dir = output_dir / REPARAMETERIZED_SUBFOLDER
-        save_model_folder(fused, fused_dir, processor)
-        model_card(resolved_config, metrics, True, eval_history).save(fused_dir / "README.md")
     return output_dir
 
 
-def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
-    """Creates the model repo `repo_id` if needed and uploads `folder` (subfolders included); returns the commit URL."""
-    return hub_push.push_folder(folder, repo_id, private,
-                                commit_message or "Upload MobileCLIP trained with training/train.py", repo_type="model")
-
-
-__all__ = ["model_card", "model_card_text", "push_folder", "save_trained_model"]
+__all__ = ["model_card", "save_trained_model"]

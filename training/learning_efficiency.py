@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dataset_scripts.atomic import atomic_path
+from modeling_mobileclip.atomic import atomic_path
 from dataset_scripts.teachers import Teacher
 
 RECALL_K = (1, 5)

@@ -55,7 +55,7 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 
 import dataset_scripts  # noqa: E402
-from dataset_scripts.atomic import atomic_folder, atomic_path, write_json_atomic  # noqa: E402
+from modeling_mobileclip.atomic import atomic_folder, atomic_path, write_json_atomic  # noqa: E402
 
 from training import learning_efficiency as le  # noqa: E402
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from dataset_scripts.ownership import code_version
-from dataset_scripts.atomic import write_json_atomic
+from modeling_mobileclip.atomic import write_json_atomic
 
 from .checkpointing import CONFIG_FILE, RESUME_INVARIANT_KEYS, list_checkpoints
 from .config import ConfigError

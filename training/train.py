@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
+from modeling_mobileclip.model_folder import push_folder
 from training.checkpointing import (
     TrainingState,
     check_resume_compatible,
@@ -53,6 +54,7 @@ from training.data import Collator, DataSpec
 from training.device_support import channels_last_cpu_kernels, check_device_support
 from training.inputs import TrainingData, load_training_data, stream_state_files
 from training.ema import create_ema, update_ema
+from training.hub import save_trained_model
 from training.locking import lock_towers
 from training.losses import ReinforcedCLIPLoss
 from training.run_guard import guard_output_dir
@@ -442,8 +444,6 @@ def _train(config: TrainingConfig, on_gradients: OnGradients | None, data: Train
     model_dir = output_dir / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        from training.hub import push_folder, save_trained_model
-
         # `model` (the folder that is pushed) holds the weights save_ema_weights selects; with an EMA the other
         # weights become `model_raw` / `model_ema`, a folder as complete and loadable as `model`.
         selected = "ema" if config.save_ema_weights else "raw"
