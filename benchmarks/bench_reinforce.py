@@ -95,7 +95,7 @@ def main(argv=None):
             "--no-progress",
         ] + (["--num-workers", str(args.num_workers)] if args.num_workers is not None else [])
         start = time.perf_counter()
-        entry = reinforce.reinforce(reinforce.build_parser().parse_args(pipeline_args))
+        entry = reinforce.reinforce(reinforce.parse_config(pipeline_args))
         end_to_end = time.perf_counter() - start
         timing = entry["timing"]
         peer = teachers_alone([s for s in args.teachers.split(",") if s], args, device)

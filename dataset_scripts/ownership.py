@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from modeling_mobileclip.atomic import write_json_atomic
-from .dr_format import CARD_FILENAME, DATA_DIR, REPORT_FILENAME, ReinforcementMetadata
+from .dr_format import CARD_FILENAME, DATA_DIR, REPORT_FILENAME, ReinforcementMetadata, load_reinforcement_metadata
+from .reinforce_config import ReinforceConfig
 
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -39,27 +40,27 @@ class OutputOwnershipError(ValueError):
     """The output folder holds another run or foreign files; the message says what and how to proceed."""
 
 
-def source_identity(args, rows: int | None, units: int, uid_column: str | None, syn_column: str | None,
+def source_identity(config: ReinforceConfig, rows: int | None, units: int, uid_column: str | None, syn_column: str | None,
                     source_columns: list[str]) -> dict[str, Any]:
     """What a run reads for one split. Local paths are made absolute (a rerun from another working directory is
     the same source); local files matched by a file or glob source are listed with their sizes (cheap, and a
     regenerated source of another length shows up). Folders and Hub ids are identified by id, configuration, row
     count (before --drop-duplicate-uids) and columns only: listing every file of an image folder is not cheap.
     Streaming and the unit count are part of it because they fix how the work is cut into parts."""
-    source = args.source
+    source = config.source
     local = os.path.exists(source) or bool(glob.glob(source))
     files = None
     if local and not os.path.isdir(source):
         files = [[os.path.abspath(p), os.path.getsize(p)] for p in sorted(glob.glob(source)) if os.path.isfile(p)]
     return {
         "source": os.path.abspath(source) if local else source,
-        "source_config": args.source_config,
-        "split": args.split,
-        "streaming": bool(args.streaming),
+        "source_config": config.source_config,
+        "split": config.split,
+        "streaming": bool(config.streaming),
         "rows": rows,
         "units": units,
         "files": files,
-        "columns": {"image": args.image_column, "caption": args.caption_column, "uid": uid_column,
+        "columns": {"image": config.image_column, "caption": config.caption_column, "uid": uid_column,
                     "synthetic": syn_column},
         "source_columns": sorted(source_columns),
     }
@@ -83,8 +84,6 @@ def _sha256(path: Path) -> str:
 
 
 def _is_reinforced_card(path: Path) -> bool:
-    from .dr_format import load_reinforcement_metadata
-
     try:
         load_reinforcement_metadata(path.parent)
         return True
@@ -226,10 +225,9 @@ def rows_to_keep(num_rows: int, duplicates: dict[str, list[int]]) -> tuple[list[
     return [row for row in range(num_rows) if row not in drop], sorted(dropped, key=lambda item: item["row"])
 
 
-def without_duplicate_uids(source, uid_column: str, args):
+def without_duplicate_uids(source, uid_column: str, source_name: str, split: str, drop: bool):
     """(source, dropped rows): the source unchanged when its uids are unique; else an error naming them, or (with
-    --drop-duplicate-uids) the source without the later rows of each duplicated uid."""
-    source_name, split, drop = args.source, args.split, args.drop_duplicate_uids
+    `drop`, --drop-duplicate-uids) the source without the later rows of each duplicated uid."""
     duplicates = duplicated_uids(source.select_columns([uid_column]).with_format("arrow")[uid_column].to_pylist())
     if not duplicates:
         return source, []

@@ -32,6 +32,11 @@ from typing import Any, Callable
 
 import datasets
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from tqdm.auto import tqdm
+
+from modeling_mobileclip.cli import run_main
 
 from .augmentation import AugmentationConfig
 from .captioners import check_captioner_spec, column_captioner_name, load_captioner, resolve_num_synthetic_captions
@@ -39,38 +44,38 @@ from .dr_format import ReinforcementMetadata, TeacherInfo
 from .hub_push import push_reinforced_dataset
 from .ownership import check_written_uids, claim_output
 from .reinforce_compute import Reinforcer
+from .reinforce_config import DTYPE_NAMES, ReinforceConfig
 from .run_state import (STATE_DIR, failure_exchange_group, has_part_states, raise_on_any_failure, read_part_states,
                         unit_progress, write_part, write_report, write_split_card)
 from .sample_stream import ReinforcementStream, StreamSettings, prepare_source, split_name
 from .teachers import load_teachers, parse_model_spec
 
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
-def check_arguments(args: argparse.Namespace) -> tuple[list[str], str | None, int]:
+def check_config(config: ReinforceConfig) -> tuple[list[str], str | None, int]:
     """Fail before anything is loaded on a request that cannot run; return (teacher specs, the `column:NAME`
     captioner's column or None, K synthetic captions per image)."""
-    teacher_specs = [s for s in (x.strip() for x in args.teachers.split(",")) if s]
+    teacher_specs = [s for s in (x.strip() for x in config.teachers.split(",")) if s]
     if not teacher_specs:
         raise ValueError("--teachers needs at least one spec.")
     for spec in teacher_specs:
         parse_model_spec(spec)
-    check_captioner_spec(args.captioner)
-    syn_column = column_captioner_name(args.captioner)
-    num_captions = resolve_num_synthetic_captions(args.captioner, args.num_synthetic_captions)
-    if args.num_augmentations < 1 or args.shard_size < 1 or args.batch_size < 1:
+    check_captioner_spec(config.captioner)
+    syn_column = column_captioner_name(config.captioner)
+    num_captions = resolve_num_synthetic_captions(config.captioner, config.num_synthetic_captions)
+    if config.num_augmentations < 1 or config.shard_size < 1 or config.batch_size < 1:
         raise ValueError("--num-augmentations, --shard-size and --batch-size must be >= 1.")
-    if args.streaming and args.drop_duplicate_uids:  # a stream's uids are not known before the run
+    if config.dtype not in DTYPES:  # the command line's choices; a config built in Python skips them
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {config.dtype!r}.")
+    if config.streaming and config.drop_duplicate_uids:  # a stream's uids are not known before the run
         raise ValueError("--drop-duplicate-uids needs the whole uid column up front; drop --streaming for it.")
     return teacher_specs, syn_column, num_captions
 
 
 def process_state():
     """Accelerate's view of this process, refusing a multi-process launch that would run as N lone processes."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
     # PartialState reads ACCELERATE_USE_CPU only through AcceleratorState: without `cpu=` a CPU launch of N
     # processes would run N independent single-process jobs, each reinforcing every unit.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -132,47 +137,45 @@ def reinforce_parts(loader, reinforcer: Reinforcer, write: Callable[..., None], 
             in_flight.result()
 
 
-def reinforce(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the pipeline described by parsed CLI arguments; return the report entry of the split."""
-    from tqdm.auto import tqdm
+def reinforce(config: ReinforceConfig) -> dict[str, Any]:
+    """Run the pipeline described by `config`; return the report entry of the split."""
+    teacher_specs, syn_column, num_captions = check_config(config)
+    for model_config in config.open_clip_model_config or []:
+        import open_clip  # optional dependency (the `reinforce` extra): only needed with open_clip teachers
 
-    teacher_specs, syn_column, num_captions = check_arguments(args)
-    for config_path in args.open_clip_model_config or []:
-        import open_clip
-
-        open_clip.add_model_config(config_path)
+        open_clip.add_model_config(model_config)
     state = process_state()
     failure_group = failure_exchange_group(state.num_processes)
-    output, split = Path(args.output), split_name(args.split)
-    source = prepare_source(args, syn_column)
+    output, split = Path(config.output), split_name(config.split)
+    source = prepare_source(config, syn_column)
 
-    dtype = DTYPES[args.dtype]
+    dtype = DTYPES[config.dtype]
     teachers = load_teachers(teacher_specs, state.device, dtype)
-    captioner = load_captioner(args.captioner, state.device, dtype) if num_captions and not syn_column else None
-    augmentation = AugmentationConfig(size=args.image_size, rand_augment=not args.no_rand_augment)
+    captioner = load_captioner(config.captioner, state.device, dtype) if num_captions and not syn_column else None
+    augmentation = AugmentationConfig(size=config.image_size, rand_augment=not config.no_rand_augment)
     metadata = ReinforcementMetadata(
         teachers=[TeacherInfo(t.spec, t.dim, t.logit_scale) for t in teachers],
-        num_augmentations=args.num_augmentations, num_synthetic_captions=num_captions, augmentation=augmentation,
-        captioner=args.captioner, seed=args.seed, source=f"{args.source} ({args.split})", shard_size=args.shard_size,
+        num_augmentations=config.num_augmentations, num_synthetic_captions=num_captions, augmentation=augmentation,
+        captioner=config.captioner, seed=config.seed, source=f"{config.source} ({config.split})", shard_size=config.shard_size,
     )
-    claim_output(output, output / STATE_DIR, split, source.identity, metadata, args.overwrite, state.is_main_process,
+    claim_output(output, output / STATE_DIR, split, source.identity, metadata, config.overwrite, state.is_main_process,
                  has_part_states=has_part_states(output, split), barrier=state.wait_for_everyone)
 
     progress = unit_progress(read_part_states(output, split))
     settings = StreamSettings(
         num_units=source.num_units, units=list(range(state.process_index, source.num_units, state.num_processes)),
-        progress=progress, shard_size=args.shard_size, batch_size=args.batch_size,
-        num_augmentations=args.num_augmentations, augmentation=augmentation, seed=args.seed, split=split,
-        image_column=args.image_column, caption_column=args.caption_column, uid_column=source.uid_column,
+        progress=progress, shard_size=config.shard_size, batch_size=config.batch_size,
+        num_augmentations=config.num_augmentations, augmentation=augmentation, seed=config.seed, split=split,
+        image_column=config.image_column, caption_column=config.caption_column, uid_column=source.uid_column,
         syn_column=syn_column, num_synthetic_captions=num_captions,
     )
     stream = ReinforcementStream(source.rows, settings, captioner.prepare_image if captioner else None)
-    loader = sample_loader(stream, args.num_workers, state.device)
-    reinforcer = Reinforcer(teachers, captioner, num_captions, args.max_teacher_batch, args.seed, state.device)
+    loader = sample_loader(stream, config.num_workers, state.device)
+    reinforcer = Reinforcer(teachers, captioner, num_captions, config.max_teacher_batch, config.seed, state.device)
     bar = tqdm(desc=f"reinforce {split} [rank {state.process_index}]", unit="img",
                total=source.total_rows if state.num_processes == 1 else None,
                initial=sum(p.rows_done for p in progress.values()) if state.num_processes == 1 else 0,
-               disable=not state.is_local_main_process or args.no_progress)
+               disable=not state.is_local_main_process or config.no_progress)
     error = None
     try:
         reinforce_parts(loader, reinforcer, functools.partial(write_part, output, split, metadata), bar)
@@ -191,11 +194,11 @@ def reinforce(args: argparse.Namespace) -> dict[str, Any]:
         extra["dropped_duplicate_uids"] = source.dropped_duplicates
     entry = write_report(output, split, states, source.num_units, extra, write=state.is_main_process)
     if entry["complete"] and state.is_main_process:
-        if args.streaming:  # no up-front uid check when streaming: check what was written before the card
+        if config.streaming:  # no up-front uid check when streaming: check what was written before the card
             check_written_uids(output, split)
         write_split_card(output, split, metadata, entry["written"])
-    if args.push_to_hub and state.is_main_process:
-        push_reinforced_dataset(output, args.push_to_hub)
+    if config.push_to_hub and state.is_main_process:
+        push_reinforced_dataset(output, config.push_to_hub)
     return {**entry, "timing": timing}
 
 
@@ -230,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="Images per step (each gives N views).")
     parser.add_argument("--max-teacher-batch", type=int, default=1024, help="Largest teacher forward batch.")
     parser.add_argument("--shard-size", type=int, default=10000, help="Source rows per output Parquet part.")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="bfloat16",
                         help="Autocast dtype of teachers and captioner (embeddings are stored as float16).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=224, help="Size of the recorded views (teachers' size).")
@@ -249,15 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_config(argv: list[str] | None = None) -> ReinforceConfig:
+    return ReinforceConfig(**vars(build_parser().parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    entry = reinforce(args)
+    entry = reinforce(parse_config(argv))
     summary = {k: v for k, v in entry.items() if k != "skipped_samples"}
     print(json.dumps(summary, indent=1))
     return entry
 
 
-if __name__ == "__main__":
-    from modeling_mobileclip.cli import run_main
+__all__ = ["DTYPES", "ReinforceConfig", "build_parser", "check_config", "main", "parse_config", "reinforce",
+           "reinforce_parts"]
 
+
+if __name__ == "__main__":
     run_main(main)

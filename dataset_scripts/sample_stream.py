@@ -8,7 +8,6 @@ world_size-th unit and each DataLoader worker every num_workers-th unit of its p
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -20,6 +19,7 @@ import torch
 from .augmentation import AugmentationConfig, apply_augmentation, decode_rgb, sample_augmentation, sample_seed
 from .captioners import check_column_captioner, check_text_column, column_captions
 from .ownership import source_identity, without_duplicate_uids
+from .reinforce_config import ReinforceConfig
 from .run_state import SKIP_EMPTY_CAPTION, SKIP_UNDECODABLE, UnitProgress, skipped_sample
 
 
@@ -81,26 +81,27 @@ class PreparedSource:
     """Rows dropped by --drop-duplicate-uids (None when streaming or without a uid column)."""
 
 
-def prepare_source(args: argparse.Namespace, syn_column: str | None) -> PreparedSource:
-    """Open and check the source of the parsed `reinforce` arguments and cut it into units."""
-    source = load_source(args.source, args.split, args.source_config, args.streaming)
-    uid_column = args.uid_column or default_uid_column(source.features)
-    check_columns(source.features, args.image_column, args.caption_column, uid_column, syn_column)
+def prepare_source(config: ReinforceConfig, syn_column: str | None) -> PreparedSource:
+    """Open and check the source of a `reinforce` run and cut it into units."""
+    source = load_source(config.source, config.split, config.source_config, config.streaming)
+    uid_column = config.uid_column or default_uid_column(source.features)
+    check_columns(source.features, config.image_column, config.caption_column, uid_column, syn_column)
     source_columns = list(source.features)
     source = source.select_columns(list(dict.fromkeys(
-        c for c in (args.image_column, args.caption_column, uid_column, syn_column) if c)))
-    source = source.cast_column(args.image_column, datasets.Image(decode=False))
+        c for c in (config.image_column, config.caption_column, uid_column, syn_column) if c)))
+    source = source.cast_column(config.image_column, datasets.Image(decode=False))
     source_rows = total_rows = dropped_duplicates = None
     if isinstance(source, datasets.Dataset):
         if len(source) == 0:
-            raise ValueError(f"Source {args.source!r} split {args.split!r} is empty.")
+            raise ValueError(f"Source {config.source!r} split {config.split!r} is empty.")
         source_rows = len(source)
         if uid_column:  # the stored uid keys every later lookup: two rows with one uid would collide
-            source, dropped_duplicates = without_duplicate_uids(source, uid_column, args)
+            source, dropped_duplicates = without_duplicate_uids(
+                source, uid_column, config.source, config.split, config.drop_duplicate_uids)
         total_rows = len(source)
-        source = source.to_iterable_dataset(num_shards=math.ceil(len(source) / args.shard_size))
+        source = source.to_iterable_dataset(num_shards=math.ceil(len(source) / config.shard_size))
     num_units = source.num_shards
-    identity = source_identity(args, source_rows, num_units, uid_column, syn_column, source_columns)
+    identity = source_identity(config, source_rows, num_units, uid_column, syn_column, source_columns)
     return PreparedSource(source, uid_column, num_units, identity, total_rows, dropped_duplicates)
 
 

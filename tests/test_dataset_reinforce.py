@@ -291,6 +291,16 @@ def test_two_processes_split_the_units_and_match_one_process(tmp_path, models, f
     assert_same_dataset(streaming_reference, output)
 
 
+def test_the_command_line_and_the_python_config_have_the_same_defaults():
+    required = {"source": "s.parquet", "output": "out", "teachers": "hf:t"}
+    parsed = reinforce_module.parse_config([f"--{key}={value}" for key, value in required.items()])
+    assert parsed == reinforce_module.ReinforceConfig(**required)
+    with pytest.raises(TypeError):  # keyword arguments only: the fields' order is not an interface
+        reinforce_module.ReinforceConfig("s.parquet", "out", "hf:t")
+    with pytest.raises(ValueError, match="--dtype must be one of"):
+        reinforce_module.check_config(reinforce_module.ReinforceConfig(**required, dtype="half"))
+
+
 def test_invalid_requests_fail_at_start_with_clear_messages(tmp_path, models):
     teacher = models["open_clip_teacher"]
     with pytest.raises(ValueError, match="Expected a teacher spec"):
