@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .data import DataValidationError
+
 FEISTEL_ROUNDS = 6
 """With truly random round functions four rounds already give a strong pseudorandom permutation (Luby-Rackoff); two
 more are margin for our round function being a fixed integer mixer of a key rather than random."""
@@ -133,8 +135,6 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         if global_batch_size % world_size:
             raise ValueError(f"global batch {global_batch_size} is not a multiple of {world_size} processes.")
         if num_rows < global_batch_size:
-            from .data import DataValidationError  # local: training.data imports this module
-
             raise DataValidationError(
                 f"The training data has {num_rows} rows, fewer than one global batch of {global_batch_size}; "
                 "lower the batch size or use more data."
