@@ -297,29 +297,6 @@ def apply_augmentation(
     return view
 
 
-def decode_param_aug(paug: str | bytes | dict | list) -> list[AugmentationParams]:
-    """Decode an official `paug.json` (file content, parsed dict, or its `param_aug` list) into parameters.
-
-    Also accepts `param_aug` stored as a JSON string (the Hub Parquet view of DataCompDR).
-    """
-    if isinstance(paug, (str, bytes)):
-        paug = json.loads(paug)
-    if isinstance(paug, dict):
-        if "param_aug" not in paug:
-            raise ValueError(f"paug.json has no 'param_aug' key (keys: {sorted(paug)}).")
-        paug = paug["param_aug"]
-        if isinstance(paug, str):
-            paug = json.loads(paug)
-    if not isinstance(paug, list):
-        raise ValueError(f"Expected a list of compressed augmentations, got {type(paug).__name__}.")
-    return [AugmentationParams.decompress(entry) for entry in paug]
-
-
-def encode_param_aug(params: Sequence[AugmentationParams]) -> str:
-    """The official `paug.json` content for a list of augmentations."""
-    return json.dumps({"param_aug": [p.compress() for p in params]})
-
-
 __all__ = [
     "RAND_AUGMENT_OPS",
     "AugmentationConfig",
@@ -327,8 +304,6 @@ __all__ = [
     "apply_augmentation",
     "apply_rand_augment_op",
     "decode_rgb",
-    "decode_param_aug",
-    "encode_param_aug",
     "sample_augmentation",
     "sample_crop",
     "sample_rand_augment",

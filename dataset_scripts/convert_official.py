@@ -27,11 +27,13 @@ import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
+from modeling_mobileclip.cli import run_main
 from .augmentation import AugmentationConfig, decode_rgb
 from .dr_format import ReinforcementMetadata, TeacherInfo, shard_filename
 from .hub_push import push_reinforced_dataset
@@ -45,12 +47,37 @@ SKIP_MISSING_IMAGE = MISSING_IMAGE
 SKIP_SHA256_MISMATCH = "sha256_mismatch"
 
 
-def build_metadata(sample: dict, args: argparse.Namespace) -> ReinforcementMetadata:
+@dataclass(kw_only=True)
+class ConvertOfficialConfig:
+    """One field per command-line option (`--no-verify-images` is `no_verify_images`), with the same defaults."""
+
+    shards: str
+    """Glob or path of the official .tar shards (fsspec URLs work)."""
+    output: str
+    images: str | None = None
+    """img2dataset WebDataset shards (glob or fsspec URL) joined by uid; None: images inside the shards."""
+    num_workers: int = 1
+    split: str = "train"
+    teachers: str = ",".join(OFFICIAL_TEACHERS)
+    """Teacher specs in embedding order, comma-separated."""
+    teacher_dims: str | None = None
+    """Comma-separated dims; None: the stored width split equally."""
+    captioner: str = OFFICIAL_CAPTIONER
+    image_size: int = 224
+    syn_key: str = r"^syn_text"
+    no_verify_images: bool = False
+    verify_sha256: bool = False
+    push_to_hub: str | None = None
+    no_progress: bool = False
+    overwrite: bool = False
+
+
+def build_metadata(sample: dict, config: ConvertOfficialConfig) -> ReinforcementMetadata:
     """Metadata for the converted dataset, with teacher dims checked against the stored embedding width."""
-    teachers = [s.strip() for s in args.teachers.split(",") if s.strip()]
+    teachers = [s.strip() for s in config.teachers.split(",") if s.strip()]
     width = sample["image_emb"].shape[1]
-    if args.teacher_dims:
-        dims = [int(d) for d in args.teacher_dims.split(",")]
+    if config.teacher_dims:
+        dims = [int(d) for d in config.teacher_dims.split(",")]
     elif width % len(teachers) == 0:
         dims = [width // len(teachers)] * len(teachers)
     else:
@@ -62,10 +89,10 @@ def build_metadata(sample: dict, args: argparse.Namespace) -> ReinforcementMetad
         teachers=[TeacherInfo(spec, dim) for spec, dim in zip(teachers, dims)],
         num_augmentations=sample["image_emb"].shape[0],
         num_synthetic_captions=sample["text_emb"].shape[0] - 1,
-        augmentation=AugmentationConfig(size=args.image_size),
-        captioner=args.captioner,
+        augmentation=AugmentationConfig(size=config.image_size),
+        captioner=config.captioner,
         seed=None,
-        source=f"official DataCompDR shards {args.shards}" + (f" with images {args.images}" if args.images else ""),
+        source=f"official DataCompDR shards {config.shards}" + (f" with images {config.images}" if config.images else ""),
         shard_size=None,
         extra={"converted_from": "apple/DataCompDR WebDataset"},
     )
@@ -96,41 +123,41 @@ def file_identity(path: str) -> list[Any]:
     return [os.path.abspath(path), os.path.getsize(path)] if os.path.isfile(path) else [path, None]
 
 
-def shards_identity(args: argparse.Namespace, pairs: list[tuple[str, str | None]]) -> dict[str, Any]:
+def shards_identity(config: ConvertOfficialConfig, pairs: list[tuple[str, str | None]]) -> dict[str, Any]:
     """What a conversion reads and keeps, for `claim_output`: the shards and the image shard paired with each, and
     the options that change which samples are written, since a resume under other options would mix two
     selections. Without --images, `images` is None, as in the fingerprints written before it existed."""
     return {"source": "official DataCompDR shards", "shards": [file_identity(s) for s, _ in pairs],
-            "images": [image and file_identity(image) for _, image in pairs] if args.images else None,
-            "split": args.split,
-            "options": {"syn_key": args.syn_key, "verify_images": not args.no_verify_images,
-                        "verify_sha256": bool(args.verify_sha256)}}
+            "images": [image and file_identity(image) for _, image in pairs] if config.images else None,
+            "split": config.split,
+            "options": {"syn_key": config.syn_key, "verify_images": not config.no_verify_images,
+                        "verify_sha256": bool(config.verify_sha256)}}
 
 
-def first_usable_metadata(pairs: list[tuple[str, str | None]], args: argparse.Namespace) -> ReinforcementMetadata:
+def first_usable_metadata(pairs: list[tuple[str, str | None]], config: ConvertOfficialConfig) -> ReinforcementMetadata:
     """The metadata, from the first usable sample: ownership is settled before anything is written, so it is
     read up front (usually the first sample of the first shard)."""
     reasons: dict[str, int] = {}
     for shard, image_shard in pairs:
-        for sample in iter_joined_samples(shard, image_shard, args.syn_key, keep_missing=True):
-            skip = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
+        for sample in iter_joined_samples(shard, image_shard, config.syn_key, keep_missing=True):
+            skip = skip_reason(sample, not config.no_verify_images, config.verify_sha256)
             if skip is None:
-                return build_metadata(sample, args)
+                return build_metadata(sample, config)
             reasons[skip[0]] = reasons.get(skip[0], 0) + 1
-    raise ValueError(f"No usable sample in {args.shards!r} (skipped: {reasons}); images must be downloaded first "
+    raise ValueError(f"No usable sample in {config.shards!r} (skipped: {reasons}); images must be downloaded first "
                      "and passed with --images (see the README's img2dataset recipe).")
 
 
 def convert_shard(unit: int, shard: str, image_shard: str | None, metadata: ReinforcementMetadata,
-                  args: argparse.Namespace) -> int:
+                  config: ConvertOfficialConfig) -> int:
     """Convert one shard: its Parquet file, then its state file (each atomic, so a crash leaves the shard either
     recorded as done or to be redone). Returns the unit; runs in a worker process when --num-workers > 1."""
-    output, split = Path(args.output), args.split
+    output, split = Path(config.output), config.split
     try:
         examples, skipped, rows = [], [], 0
-        for row, sample in enumerate(iter_joined_samples(shard, image_shard, args.syn_key, keep_missing=True)):
+        for row, sample in enumerate(iter_joined_samples(shard, image_shard, config.syn_key, keep_missing=True)):
             rows = row + 1
-            skip = skip_reason(sample, not args.no_verify_images, args.verify_sha256)
+            skip = skip_reason(sample, not config.no_verify_images, config.verify_sha256)
             if skip:
                 skipped.append(skipped_sample(sample["uid"], unit, row, *skip))
                 continue
@@ -152,17 +179,17 @@ def converted_units(output: Path, split: str) -> set[int]:
 
 
 def convert_units(jobs: list[tuple[int, str, str | None]], metadata: ReinforcementMetadata,
-                  args: argparse.Namespace) -> Iterator[int]:
+                  config: ConvertOfficialConfig) -> Iterator[int]:
     """Convert `(unit, shard, image shard)` jobs, yielding each unit as it finishes: here, or in up to
     --num-workers spawned processes (spawn, not fork: the parent may hold threads and open files). After a failure
     the queued shards are cancelled while the running ones finish, so their work is kept for the rerun."""
-    workers = min(args.num_workers, len(jobs))
+    workers = min(config.num_workers, len(jobs))
     if workers <= 1:
         for job in jobs:
-            yield convert_shard(*job, metadata, args)
+            yield convert_shard(*job, metadata, config)
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(convert_shard, *job, metadata, args) for job in jobs]
+        futures = [pool.submit(convert_shard, *job, metadata, config) for job in jobs]
         try:
             for future in as_completed(futures):
                 yield future.result()
@@ -170,25 +197,25 @@ def convert_units(jobs: list[tuple[int, str, str | None]], metadata: Reinforceme
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def convert(args: argparse.Namespace) -> dict[str, Any]:
+def convert(config: ConvertOfficialConfig) -> dict[str, Any]:
     """Convert every shard not converted yet; return the report entry of the split."""
-    output, split = Path(args.output), args.split
-    shards = expand_shards(args.shards)
-    pairs = pair_image_shards(shards, expand_shards(args.images)) if args.images else [(s, None) for s in shards]
-    metadata = first_usable_metadata(pairs, args)
-    claim_output(output, output / STATE_DIR, split, shards_identity(args, pairs), metadata, args.overwrite,
+    output, split = Path(config.output), config.split
+    shards = expand_shards(config.shards)
+    pairs = pair_image_shards(shards, expand_shards(config.images)) if config.images else [(s, None) for s in shards]
+    metadata = first_usable_metadata(pairs, config)
+    claim_output(output, output / STATE_DIR, split, shards_identity(config, pairs), metadata, config.overwrite,
                  is_main=True, has_part_states=has_part_states(output, split))
     done = converted_units(output, split)
     jobs = [(unit, shard, image_shard) for unit, (shard, image_shard) in enumerate(pairs) if unit not in done]
     with tqdm(total=len(pairs), initial=len(pairs) - len(jobs), desc="convert", unit="shard",
-              disable=args.no_progress) as progress:
-        for _ in convert_units(jobs, metadata, args):
+              disable=config.no_progress) as progress:
+        for _ in convert_units(jobs, metadata, config):
             progress.update()
     states = read_part_states(output, split)
     entry = write_report(output, split, states, len(shards), {})
     write_split_card(output, split, metadata, entry["written"])
-    if args.push_to_hub:
-        push_reinforced_dataset(output, args.push_to_hub)
+    if config.push_to_hub:
+        push_reinforced_dataset(output, config.push_to_hub)
     return entry
 
 
@@ -232,13 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_config(argv: list[str] | None = None) -> ConvertOfficialConfig:
+    return ConvertOfficialConfig(**vars(build_parser().parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    entry = convert(build_parser().parse_args(argv))
+    entry = convert(parse_config(argv))
     print(json.dumps({k: v for k, v in entry.items() if k != "skipped_samples"}, indent=1))
     return entry
 
 
-if __name__ == "__main__":
-    from modeling_mobileclip.cli import run_main
+__all__ = ["ConvertOfficialConfig", "build_metadata", "build_parser", "convert", "main", "parse_config"]
 
+
+if __name__ == "__main__":
     run_main(main)

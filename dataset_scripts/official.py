@@ -33,16 +33,18 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Iterator, MutableMapping, Sequence
 
+import fsspec
 import numpy as np
+import torch
 
 from .augmentation import AugmentationParams
+from .dataset_specs import IMAGE_EXTENSIONS
 
 
 # DataCompDR-12M / -1B teachers, in the order of Apple's training config (mobileclip.md §8; order unverified).
 OFFICIAL_TEACHERS = ("open_clip:ViT-L-14:openai", "open_clip:ViT-L-14:datacomp_xl_s13b_b90k")
 OFFICIAL_TEACHER_DIMS = (768, 768)
 OFFICIAL_CAPTIONER = "open_clip:coca_ViT-L-14:mscoco_finetuned_laion2b_s13b_b90k"
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 MISSING_IMAGE = "missing_image"
 SHOWN = 5  # shard names listed in one message; the rest are counted
 # What a missing, truncated or corrupt (possibly compressed) tar raises while it is read.
@@ -69,8 +71,6 @@ def iter_tar_samples(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
     A shard that cannot be read raises `ShardReadError` naming it (after the groups read before the damage).
     """
-    import fsspec
-
     try:
         with fsspec.open(shard, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
             key, members = None, {}
@@ -94,8 +94,6 @@ def _load_embeddings(members: dict[str, bytes], key: str) -> dict[str, np.ndarra
         with np.load(io.BytesIO(members["npz"])) as arrays:
             return {name: np.asarray(arrays[name], dtype=np.float32) for name in arrays.files}
     if "pth.gz" in members:
-        import torch
-
         tensors = torch.load(io.BytesIO(gzip.decompress(members["pth.gz"])), weights_only=True, map_location="cpu")
         return {name: value.float().numpy() for name, value in tensors.items()}
     raise ValueError(f"Sample {key!r} has no embeddings (expected an 'npz' or 'pth.gz' member; "
@@ -148,8 +146,6 @@ def parse_official_sample(key: str, members: dict[str, bytes], syn_key_pattern: 
 
 def expand_shards(shards: str | Sequence[str]) -> list[str]:
     """Sorted shard paths from a glob, a brace-free list, or fsspec URLs."""
-    import fsspec
-
     patterns = [shards] if isinstance(shards, str) else list(shards)
     paths: list[str] = []
     for pattern in patterns:
@@ -161,13 +157,6 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
     if not paths:
         raise ValueError(f"No shards match {shards!r}.")
     return sorted(paths)
-
-
-def iter_official_samples(shards: str | Sequence[str], syn_key_pattern: str = r"^syn_text") -> Iterator[dict]:
-    """All samples of the given official shards, in order."""
-    for shard in expand_shards(shards):
-        for key, members in iter_tar_samples(shard):
-            yield _parse_in_shard(shard, key, members, syn_key_pattern)
 
 
 def _parse_in_shard(shard: str, key: str, members: dict[str, bytes], syn_key_pattern: str) -> dict:
@@ -195,8 +184,6 @@ def _open_for_random_reads(path: str):
     """An image shard opened for seeks. Remote files keep an LRU of 1 MiB blocks: img2dataset writes a shard almost
     in its input order, so the reads of a join mostly hit cached blocks, and a far jump fetches 1 MiB, not the
     default read-ahead of several MiB. Local files ignore the options."""
-    import fsspec
-
     return fsspec.open(path, "rb", block_size=2**20, cache_type="blockcache")
 
 
@@ -365,8 +352,6 @@ def _encode_embeddings(sample: dict, embedding_format: str) -> bytes:
     if embedding_format == "npz":
         np.savez(buffer, image_emb=image_emb, text_emb=text_emb)
         return buffer.getvalue()
-    import torch
-
     torch.save({"image_emb": torch.from_numpy(image_emb).bfloat16(),
                 "text_emb": torch.from_numpy(text_emb).bfloat16()}, buffer)
     return gzip.compress(buffer.getvalue())
@@ -382,7 +367,6 @@ __all__ = [
     "expand_shards",
     "index_image_shard",
     "iter_joined_samples",
-    "iter_official_samples",
     "iter_tar_samples",
     "pair_image_shards",
     "parse_official_sample",

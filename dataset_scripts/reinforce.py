@@ -40,6 +40,7 @@ from modeling_mobileclip.cli import run_main
 
 from .augmentation import AugmentationConfig
 from .captioners import check_captioner_spec, column_captioner_name, load_captioner, resolve_num_synthetic_captions
+from .dataset_specs import split_name
 from .dr_format import ReinforcementMetadata, TeacherInfo
 from .hub_push import push_reinforced_dataset
 from .ownership import check_written_uids, claim_output
@@ -47,7 +48,7 @@ from .reinforce_compute import Reinforcer
 from .reinforce_config import DTYPE_NAMES, ReinforceConfig
 from .run_state import (STATE_DIR, failure_exchange_group, has_part_states, raise_on_any_failure, read_part_states,
                         unit_progress, write_part, write_report, write_split_card)
-from .sample_stream import ReinforcementStream, StreamSettings, prepare_source, split_name
+from .sample_stream import ReinforcementStream, StreamSettings, prepare_source
 from .teachers import load_teachers, parse_model_spec
 
 

@@ -13,35 +13,19 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import datasets
+import fsspec
 import numpy as np
 import torch
 
 from .augmentation import AugmentationConfig, apply_augmentation, decode_rgb, sample_augmentation, sample_seed
 from .captioners import check_column_captioner, check_text_column, column_captions
+from .dataset_specs import open_dataset
 from .ownership import source_identity, without_duplicate_uids
 from .reinforce_config import ReinforceConfig
 from .run_state import SKIP_EMPTY_CAPTION, SKIP_UNDECODABLE, UnitProgress, skipped_sample
 
 
 # ----------------------------------------------------------------------------------------------- source loading
-
-
-def split_name(split: str) -> str:
-    """The split named by a split expression (`train[:1000]` -> `train`)."""
-    return split.split("[")[0]
-
-
-def load_source(source: str, split: str, config_name: str | None = None, streaming: bool = False):
-    """Open `source` with `datasets`: a Parquet file/glob, a WebDataset .tar file/glob, a folder or a Hub id."""
-    builder = None
-    if source.endswith(".parquet"):
-        builder = "parquet"
-    elif source.endswith(".tar"):
-        builder = "webdataset"
-    if builder:
-        return datasets.load_dataset(builder, data_files={split_name(split): source}, split=split,
-                                     streaming=streaming)
-    return datasets.load_dataset(source, config_name, split=split, streaming=streaming)
 
 
 def check_columns(features, image_column: str, caption_column: str, uid_column: str | None,
@@ -83,7 +67,7 @@ class PreparedSource:
 
 def prepare_source(config: ReinforceConfig, syn_column: str | None) -> PreparedSource:
     """Open and check the source of a `reinforce` run and cut it into units."""
-    source = load_source(config.source, config.split, config.source_config, config.streaming)
+    source = open_dataset(config.source, config.split, config.source_config, config.streaming)
     uid_column = config.uid_column or default_uid_column(source.features)
     check_columns(source.features, config.image_column, config.caption_column, uid_column, syn_column)
     source_columns = list(source.features)
@@ -118,8 +102,6 @@ def image_bytes(value: Any) -> bytes:
         if value.get("bytes"):
             return value["bytes"]
         if value.get("path"):
-            import fsspec
-
             with fsspec.open(value["path"], "rb") as file:  # local file or remote (hf://, s3://, ...) URL
                 return file.read()
     if isinstance(value, (bytes, bytearray)):
@@ -246,4 +228,4 @@ class ReinforcementStream(torch.utils.data.IterableDataset):
 
 
 __all__ = ["PreparedSource", "ReinforcementStream", "StreamSettings", "caption_text", "check_columns",
-           "default_uid_column", "image_bytes", "load_source", "prepare_source", "split_name"]
+           "default_uid_column", "image_bytes", "prepare_source"]

@@ -1,5 +1,6 @@
 """Augmentation record/replay: torchvision is the oracle for sampling and for every RandAugment operation."""
 
+import io
 import json
 
 import numpy as np
@@ -16,10 +17,9 @@ from dataset_scripts.augmentation import (
     AugmentationParams,
     apply_augmentation,
     apply_rand_augment_op,
-    decode_param_aug,
-    encode_param_aug,
     sample_augmentation,
 )
+from dataset_scripts.official import parse_official_sample
 
 
 # Entries in the official DataCompDR `paug.json` form (the first is the example from Apple's data card).
@@ -88,12 +88,20 @@ def test_replay_at_student_size_rescales_translations():
     assert not np.array_equal(pixels(unscaled), pixels(view))  # Apple's behaviour: shift kept in 224-px units
 
 
+def official_params(paug_json: str) -> list[AugmentationParams]:
+    """The augmentations of an official sample's paug.json, as the official-shard reader parses them."""
+    embeddings = io.BytesIO()
+    np.savez(embeddings, image_emb=np.zeros((1, 2), np.float32), text_emb=np.zeros((1, 2), np.float32))
+    sample = parse_official_sample("k", {"paug.json": paug_json.encode(), "npz": embeddings.getvalue()})
+    return [AugmentationParams.from_json(p) for p in sample["aug_params"]]
+
+
 def test_official_param_aug_round_trip_and_replay():
-    params = decode_param_aug(OFFICIAL_PAUG)
+    params = official_params(OFFICIAL_PAUG)
     assert params[0].crop == (23, 47, 235, 274)
     assert params[0].ops == (("Sharpness", -0.27), ("TranslateX", -30.45))
     assert params[1].ops == (("Posterize", 7), ("Solarize", 178.5))
-    assert json.loads(encode_param_aug(params)) == json.loads(OFFICIAL_PAUG)
+    assert json.loads(json.dumps([p.compress() for p in params])) == json.loads(OFFICIAL_PAUG)["param_aug"]
     for entry, p in zip(json.loads(OFFICIAL_PAUG)["param_aug"], params):
         assert p.to_json() == json.dumps(entry)
     # Replay equals cropping the box and applying torchvision's own operations with the stored magnitudes.
@@ -104,7 +112,7 @@ def test_official_param_aug_round_trip_and_replay():
     assert np.array_equal(pixels(apply_augmentation(image, params[0], 224)), pixels(expected))
     # The Hub Parquet view stores `param_aug` as a JSON string.
     as_string = json.dumps({"param_aug": json.dumps(json.loads(OFFICIAL_PAUG)["param_aug"])})
-    assert decode_param_aug(as_string) == params
+    assert official_params(as_string) == params
 
 
 def test_crop_only_round_trip_and_config_round_trip():
@@ -131,5 +139,5 @@ def test_malformed_entries_raise_clear_errors(bad, message):
 
 
 def test_missing_param_aug_key_is_reported():
-    with pytest.raises(ValueError, match="param_aug"):
-        decode_param_aug('{"params": []}')
+    with pytest.raises(ValueError, match="malformed json/syn.json/paug.json"):
+        official_params('{"params": []}')

@@ -18,15 +18,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dataset_scripts.augmentation import decode_param_aug  # noqa: E402
+from dataset_scripts.augmentation import AugmentationParams  # noqa: E402
 from dataset_scripts.convert_official import main as convert_main  # noqa: E402
 from dataset_scripts.dr_format import load_reinforcement_metadata  # noqa: E402
 from dataset_scripts.official import (  # noqa: E402
     OFFICIAL_TEACHERS,
     ShardReadError,
+    expand_shards,
     index_image_shard,
     iter_joined_samples,
-    iter_official_samples,
     iter_tar_samples,
     pair_image_shards,
     write_official_shard,
@@ -34,6 +34,12 @@ from dataset_scripts.official import (  # noqa: E402
 
 N, K, D = 2, 2, 6
 PARAM_AUG = [[[23, 47, 35, 27], [[9, -0.27], [3, -30.45]]], [[0, 1, 20, 30], [[10, 7], [11, 178.5]]]]
+
+
+def read_official(shards):
+    """Every sample of `shards` as the converter reads them (no image shards to join: images inside)."""
+    return [sample for shard in expand_shards(shards)
+            for sample in iter_joined_samples(shard, None, keep_missing=True)]
 
 
 def jpeg(seed):
@@ -101,15 +107,14 @@ def shards(tmp_path_factory):
 
 def test_reader_yields_our_sample_structure(shards):
     root, expected = shards
-    samples = list(iter_official_samples(str(root / "*.tar")))
+    samples = list(read_official(str(root / "*.tar")))
     assert [s["uid"] for s in samples] == ["0a1b", "0a1c", "0a1d", "0b00", "0b01"]
     for sample in samples:
         want = expected[sample["uid"]]
         assert sample["caption"] == want["caption"] and sample["syn_captions"] == want["syn_captions"]
         assert sample["image"] == want["image"] and sample["url"].endswith(f"{sample['uid']}.jpg")
         assert sample["aug_params"] == [json.dumps(entry) for entry in PARAM_AUG]  # verbatim official values
-        assert decode_param_aug({"param_aug": [json.loads(p) for p in sample["aug_params"]]})[0].crop == (
-            23, 47, 35, 27)
+        assert AugmentationParams.from_json(sample["aug_params"][0]).crop == (23, 47, 35, 27)
         assert sample["image_emb"].dtype == np.float16 and sample["text_emb"].shape == (1 + K, D)
         bf16 = sample["uid"].startswith("0b")
         reference_image = torch.from_numpy(want["image_emb"]).bfloat16().float().numpy() if bf16 else want["image_emb"]
@@ -150,12 +155,12 @@ def test_conversion_to_parquet_skips_missing_images_and_resumes(shards, tmp_path
 @pytest.mark.parametrize("embedding_format", ["npz", "pth.gz"])
 def test_writer_round_trips_through_the_reader(shards, tmp_path, embedding_format):
     root, _ = shards
-    samples = [s for s in iter_official_samples(str(root / "*.tar")) if s["image"] is not None]
+    samples = [s for s in read_official(str(root / "*.tar")) if s["image"] is not None]
     path = tmp_path / f"export-{embedding_format}.tar"
     write_official_shard(str(path), samples, embedding_format)
     names = tarfile.open(path).getnames()
     assert f"0a1b.{embedding_format}" in names and "0a1b.paug.json" in names and "0a1b.url.txt" in names
-    for original, restored in zip(samples, iter_official_samples(str(path))):
+    for original, restored in zip(samples, read_official(str(path))):
         for key in ("uid", "caption", "syn_captions", "aug_params", "image", "url"):
             assert restored[key] == original[key], key
         tolerance = 0 if embedding_format == "npz" else 1e-2  # bf16 keeps 8 mantissa bits
@@ -167,12 +172,12 @@ def test_malformed_members_are_reported(tmp_path):
     members["paug.json"] = b'{"param_aug": [[[1, 2, 3]]]}'
     write_tar(tmp_path / "bad.tar", [("bad0", members)])
     with pytest.raises(ValueError, match="crop box"):
-        list(iter_official_samples(str(tmp_path / "bad.tar")))
+        read_official(str(tmp_path / "bad.tar"))
     del members["npz"]
     members["paug.json"] = json.dumps({"param_aug": PARAM_AUG}).encode()
     write_tar(tmp_path / "bad.tar", [("bad0", members)])
     with pytest.raises(ValueError, match="'bad0' has no embeddings"):
-        list(iter_official_samples(str(tmp_path / "bad.tar")))
+        read_official(str(tmp_path / "bad.tar"))
 
 
 # ------------------------------------------------------------------------ joining img2dataset image shards by uid
