@@ -28,6 +28,7 @@ import torch.nn.functional as torch_F
 
 from modeling_mobileclip.loading import pretrained_classes
 
+from .augmentation import sample_seed
 from .pixels import normalize_pixels
 
 
@@ -272,8 +273,6 @@ def _text_context_length(config) -> int:
 def seeded_by_spec(spec: str):
     """Seed torch's RNG from the spec (restoring it afterwards): randomly initialised (`none`) models then get
     the same weights in every run, which resuming relies on."""
-    from .augmentation import sample_seed
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(sample_seed(0, spec))
         yield

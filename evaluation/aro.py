@@ -38,6 +38,8 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
+from modeling_mobileclip.cli import run_main
+
 from .common import (
     DATA_DIR, EvaluationInputError, add_trust_remote_code_argument, build_dataloader, encode_images, encode_texts,
     load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, tokenize
@@ -258,6 +260,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from modeling_mobileclip.cli import run_main
-
     run_main(main)

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from modeling_mobileclip import loading
+from modeling_mobileclip.atomic import write_json_atomic
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -161,8 +162,6 @@ def results_record(dataset: str, model: str, pretrained: str, task: str, metrics
 
 def write_json(path: str | Path, record: dict) -> Path:
     """Writes `record` atomically (a crash never leaves a half-written result that a resumed run would trust)."""
-    from modeling_mobileclip.atomic import write_json_atomic
-
     write_json_atomic(path, record, indent=2)
     return Path(path)
 

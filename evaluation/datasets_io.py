@@ -12,7 +12,8 @@ written by `clip_benchmark.webdataset_builder`, read by `clip_benchmark.datasets
         zeroshot_classification_templates.txt   one template per line, `{c}` = class name
         dataset_type.txt               optional: `retrieval` or `multilabel` (default classification)
 
-They are read here with the `webdataset` builder of `datasets`, shards in numeric order.
+They are read here with the `webdataset` builder of `datasets` (through `dataset_scripts.dataset_specs`), shards
+in numeric order.
 """
 
 from __future__ import annotations
@@ -28,13 +29,8 @@ from typing import Any, Sequence
 import datasets
 from accelerate import Accelerator
 
+from dataset_scripts.dataset_specs import FILE_BUILDERS, IMAGE_EXTENSIONS, file_builder, open_dataset
 from .common import DATA_DIR, EvaluationInputError
-
-
-IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
-# `datasets` builder for a single data file, by suffix.
-FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".csv": "csv",
-                 ".tar": "webdataset"}
 
 
 @dataclass
@@ -62,21 +58,12 @@ def load_eval_dataset(spec: str, split: str = "test", config: str | None = None)
     path = Path(spec)
     if path.is_dir() and _is_wds_folder(path, split):
         return _load_local_wds(path, split)
-    if path.is_file():
-        builder = FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise EvaluationInputError(f"Cannot read {spec}: unknown file type (known: {', '.join(FILE_BUILDERS)}).")
-        try:
-            dataset = datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
-        except ValueError as error:
-            if "corresponds to no data" in str(error):
-                raise EvaluationInputError(f"Split {split!r} of {spec} is empty: nothing to evaluate.") from error
-            raise
-        return _checked(EvalDataset(dataset, spec), split)
+    if path.is_file() and file_builder(spec) is None:
+        raise EvaluationInputError(f"Cannot read {spec}: unknown file type (known: {', '.join(FILE_BUILDERS)}).")
     if not path.exists() and re.fullmatch(r"[\w.-]+/wds_[\w.-]+", spec):
         return _load_hub_wds(spec, split)
     try:
-        dataset = datasets.load_dataset(spec, config, split=split)
+        dataset = open_dataset(spec, split, config)
     except ValueError as error:
         if "corresponds to no data" in str(error):  # how `datasets` reports a split without rows
             raise EvaluationInputError(f"Split {split!r} of {spec} is empty: nothing to evaluate.") from error
@@ -142,7 +129,7 @@ def _load_local_wds(root: Path, split: str) -> EvalDataset:
         file = root / name
         return file.read_text() if file.is_file() else None
 
-    dataset = datasets.load_dataset("webdataset", data_files={split: [str(s) for s in shards]}, split=split)
+    dataset = open_dataset([str(s) for s in shards], split)
     return _checked(_wds_eval_dataset(dataset, str(root), _wds_info(read_text)), split)
 
 
@@ -166,7 +153,7 @@ def _load_hub_wds(repo_id: str, split: str) -> EvalDataset:
         raise EvaluationInputError(f"Hub dataset {repo_id} has no {split}/nshards.txt: not a CLIP_benchmark mirror or no split {split!r}.")
     count = _shard_count(nshards, f"{repo_id}/{split}/nshards.txt")
     shards = [f"hf://datasets/{repo_id}/{split}/{i}.tar" for i in range(count)]
-    dataset = datasets.load_dataset("webdataset", data_files={split: shards}, split=split)
+    dataset = open_dataset(shards, split)
     return _checked(_wds_eval_dataset(dataset, repo_id, _wds_info(read_text)), split)
 
 

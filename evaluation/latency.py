@@ -20,8 +20,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import timm
 import torch
 
+from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
+from modeling_mobileclip.cli import run_main
+from modeling_mobileclip.configuration_mobileclip import variant_preset
+from modeling_mobileclip.convert import convert_state_dict, load_converted
 from modeling_mobileclip.loading import is_mobileclip_config, read_config
 
 from .common import EvaluationInputError, write_json
@@ -60,10 +65,6 @@ class Peer:
 
 def build_models(variant: str | None, model_id: str | None) -> tuple[torch.nn.Module, Peer]:
     """(our model, its peer). With `variant`, ours takes the peer's weights so both compute the same function."""
-    import timm
-
-    from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
-
     if model_id is not None:
         # Latency compares MobileCLIP with its peers only, so a MobileCLIP checkpoint is required and loads with this
         # package's classes: the code files saved next to it never run (no --trust-remote-code needed).
@@ -80,12 +81,10 @@ def build_models(variant: str | None, model_id: str | None) -> tuple[torch.nn.Mo
         ours = MobileCLIPModel(MobileCLIPConfig.from_variant(variant, **overrides))
     ours.eval()
     if variant in OPEN_CLIP_PEERS:
-        import open_clip
+        import open_clip  # optional dependency: only the open_clip peers need it
 
         peer_model = open_clip.create_model(OPEN_CLIP_PEERS[variant], pretrained=None).eval()
         if model_id is None:
-            from modeling_mobileclip.convert import convert_state_dict, load_converted
-
             load_converted(ours, convert_state_dict(peer_model.state_dict(), "open_clip", ours), "open_clip peer")
         peer = Peer(f"open_clip {OPEN_CLIP_PEERS[variant]}", peer_model, peer_model.encode_image, peer_model.encode_text,
                     same_weights=model_id is None)
@@ -237,8 +236,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if args.variant:
-        from modeling_mobileclip.configuration_mobileclip import variant_preset
-
         args.variant = variant_preset(args.variant)["variant"]  # validates the name, normalises spelling
     return args
 
@@ -258,6 +255,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from modeling_mobileclip.cli import run_main
-
     run_main(main)

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from modeling_mobileclip import VARIANTS, MobileCLIPConfig, MobileCLIPModel
+from modeling_mobileclip.cli import run_main
 
 
 @torch.no_grad()
@@ -120,6 +121,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from modeling_mobileclip.cli import run_main
-
     run_main(main)

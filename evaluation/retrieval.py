@@ -22,6 +22,8 @@ import datasets
 import torch
 from accelerate import Accelerator
 
+from modeling_mobileclip.cli import run_main
+
 from .common import (
     IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, gather_ragged, load_metric,
     load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, row_images, tokenize
@@ -149,6 +151,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from modeling_mobileclip.cli import run_main
-
     run_main(main)

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from modeling_mobileclip.cli import run_main
+
 from .common import (
     EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser,
     load_model_and_processor, make_accelerator, model_name, preprocess_images, progress, results_record, tokenize,
@@ -308,6 +310,4 @@ def main(argv: list[str] | None = None) -> SuiteReport:
 
 
 if __name__ == "__main__":
-    from modeling_mobileclip.cli import run_main
-
     run_main(main)

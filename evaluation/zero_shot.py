@@ -25,6 +25,8 @@ import datasets
 import torch
 from accelerate import Accelerator
 
+from modeling_mobileclip.cli import run_main
+
 from .common import (
     EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, load_metric,
     load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, row_images, tokenize
@@ -244,6 +246,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from modeling_mobileclip.cli import run_main
-
     run_main(main)

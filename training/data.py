@@ -31,6 +31,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from dataset_scripts.augmentation import AugmentationConfig, apply_augmentation, sample_augmentation, sample_seed
+from dataset_scripts.dataset_specs import open_dataset
 from dataset_scripts.training_view import ReinforcedTrainingView
 
 from .config import TrainingConfig
@@ -40,9 +41,6 @@ class DataValidationError(ValueError):
     """The training data does not fit the configuration: the message names the dataset, column/row and the fix."""
 
 
-# Single data files given as `train_data`, read through `data_files` with their packaged builder (as
-# dataset_scripts.sample_stream.load_source does).
-DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 # Stored teacher embeddings are L2-normalised per teacher (dr_format): a slice whose rows are not of unit norm
 # means the card's per-teacher dims do not cut the stored vectors where the teachers' embeddings meet.
 NORM_CHECK_ROWS, NORM_TOLERANCE = 4, 0.05
@@ -73,12 +71,7 @@ def load_train_dataset(config: TrainingConfig) -> datasets.Dataset:
     if not config.train_data:
         raise DataValidationError("No training data: set `train_data` (a local folder/file or a Hub dataset id).")
     try:
-        builder = next((b for suffix, b in DATA_FILE_BUILDERS.items() if config.train_data.endswith(suffix)), None)
-        if builder:  # one data file (or a glob): `load_dataset(path)` only takes folders and Hub ids
-            dataset = datasets.load_dataset(builder, data_files={config.train_split.split("[")[0]: config.train_data},
-                                            split=config.train_split)
-        else:
-            dataset = datasets.load_dataset(config.train_data, config.train_data_config, split=config.train_split)
+        dataset = open_dataset(config.train_data, config.train_split, config.train_data_config)
     except ValueError as error:
         if "Unknown split" in str(error):
             raise DataValidationError(
