@@ -38,7 +38,7 @@ def test_bundled_emoji_data_ships_both_styles_with_their_licenses():
 
 
 def test_factor_interpolates_between_evaluation_points():
-    from training.learning_efficiency import first_step_reaching, learning_efficiency_factor
+    from training.quickstart.report import first_step_reaching, learning_efficiency_factor
 
     plain = ([0, 100, 200, 300, 400], [0.0, 0.01, 0.02, 0.03, 0.04])
     # The reinforced curve crosses 0.04 between step 100 (0.03) and step 200 (0.05): at 150 -> 400 / 150.
@@ -58,7 +58,7 @@ def test_metrics_match_scikit_learn_and_clip_benchmark():
     from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k
     from sklearn.metrics import top_k_accuracy_score
 
-    from training.learning_efficiency import retrieval_recalls, top_k_accuracy
+    from training.quickstart.scoring import retrieval_recalls, top_k_accuracy
 
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(50, 30, generator=generator), torch.randint(30, (50,), generator=generator)
@@ -167,9 +167,9 @@ def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelera
 
     # The two students trained at the same time (two processes, as the default scale does on a multi-core CPU) are
     # the students trained one after the other: same curves, same factor.
-    import training.quickstart as quickstart
+    import training.quickstart.runs as quickstart_runs
 
-    monkeypatch.setattr(quickstart, "CONCURRENT_SCALES", ("tiny",))
+    monkeypatch.setattr(quickstart_runs, "CONCURRENT_SCALES", ("tiny",))
     concurrent = main(["--output-dir", str(tmp_path / "concurrent"), *TINY])
     assert concurrent["students"] == curves["students"] and concurrent["factor"] == curves["factor"]
     monkeypatch.undo()

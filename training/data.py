@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
@@ -178,8 +179,6 @@ def check_teacher_slices(dataset: datasets.Dataset, where: str, specs: list[str]
     distillation term against a mix of two teachers. Checked on image_emb (all views) and text_emb row 0 (the
     ground-truth caption; later rows may be zero padding) of the first few rows.
     """
-    import numpy as np
-
     sample = dataset.select_columns(["image_emb", "text_emb"]).select(range(min(NORM_CHECK_ROWS, len(dataset))))
     sample = sample.with_format("numpy")[:]
     for column, vectors in (("image_emb", sample["image_emb"]), ("text_emb", np.asarray(sample["text_emb"])[:, :1])):

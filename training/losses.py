@@ -51,6 +51,7 @@ def gather_with_grad(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenates `tensor` from every rank along dim 0, keeping the autograd graph (backward sums over ranks)."""
     if not _distributed_ready(world_size):
         return tensor
+    # Imported only here: torch builds without distributed support have no torch.distributed.nn.
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(tensor.contiguous()), dim=0)

@@ -22,6 +22,7 @@ import torch
 
 from .data import DataValidationError
 
+
 FEISTEL_ROUNDS = 6
 """With truly random round functions four rounds already give a strong pseudorandom permutation (Luby-Rackoff); two
 more are margin for our round function being a fixed integer mixer of a key rather than random."""

@@ -36,6 +36,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from dataset_scripts.pixels import normalize_pixels
+from dataset_scripts.teachers import load_teachers
 from training.config import ConfigError
 from training.losses import ReinforcedCLIPLoss
 
@@ -56,8 +57,6 @@ class OnlineTeachers:
     """The teacher ensemble of mode `online`: embeds the student's own uint8 views and captions in the loop."""
 
     def __init__(self, specs: list[str], device: torch.device, mixed_precision: str):
-        from dataset_scripts.teachers import load_teachers
-
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
         self.teachers = load_teachers(specs, device, dtype)
         self.dims = [teacher.dim for teacher in self.teachers]

@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 
 from dataset_scripts.augmentation import decode_rgb
 from dataset_scripts.convert_official import build_metadata
+from dataset_scripts.dataset_specs import IMAGE_EXTENSIONS
 from dataset_scripts.dr_format import reinforced_features
-from dataset_scripts.official import (IMAGE_EXTENSIONS, OFFICIAL_CAPTIONER, OFFICIAL_TEACHERS, expand_shards,
-                                      iter_joined_samples, iter_tar_samples, pair_image_shards)
+from dataset_scripts.official import (OFFICIAL_CAPTIONER, OFFICIAL_TEACHERS, expand_shards, iter_joined_samples,
+                                      iter_tar_samples, pair_image_shards)
 
 from .config import ConfigError, TrainingConfig
 from .data import DataValidationError, validate_dataset

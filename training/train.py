@@ -38,8 +38,12 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from evaluation.datasets_io import load_eval_dataset, read_classnames
+from evaluation.zero_shot import evaluate_zero_shot
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
+from modeling_mobileclip.cli import run_main
 from modeling_mobileclip.model_folder import push_folder
+from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 from training.checkpointing import (
     TrainingState,
     check_resume_compatible,
@@ -110,8 +114,6 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 def build_model_and_processor(config: TrainingConfig) -> tuple[MobileCLIPModel, Any]:
     """A fresh `variant` (seeded) or the `init_from` checkpoint, with the matching processor."""
-    from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
-
     if config.init_from:
         model = MobileCLIPModel.from_pretrained(config.init_from)
         try:
@@ -137,8 +139,6 @@ class PeriodicEvaluation:
     """Zero-shot classification on a small held-out set with the `evaluation` package (CLIP_benchmark semantics)."""
 
     def __init__(self, config: TrainingConfig, accelerator: Accelerator):
-        from evaluation.datasets_io import load_eval_dataset, read_classnames
-
         self.config, self.accelerator = config, accelerator
         with accelerator.main_process_first():
             self.loaded = load_eval_dataset(config.eval_data, config.eval_split, config.eval_data_config)
@@ -163,8 +163,6 @@ class PeriodicEvaluation:
 
     @torch.no_grad()
     def zero_shot(self, model: MobileCLIPModel, processor: Any, prefix: str) -> dict[str, float]:
-        from evaluation.zero_shot import evaluate_zero_shot
-
         was_training = model.training
         model.eval()
         try:
@@ -471,6 +469,4 @@ def main(argv: list[str] | None = None, on_gradients: OnGradients | None = None)
 
 
 if __name__ == "__main__":
-    from modeling_mobileclip.cli import run_main
-
     run_main(main)

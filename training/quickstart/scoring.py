@@ -1,0 +1,168 @@
+"""Scoring the learning curves: every student checkpoint and the teachers on the held-out sets.
+
+* :class:`ModelEncoder`: a MobileCLIP model in memory (a student checkpoint) behind the teachers' interface
+  (`encode_images(uint8 views)`, `encode_texts(strings)`), and :class:`EnsembleEncoder`, which scores a teacher
+  ensemble the way its stored embeddings are used: the mean of the teachers' cosine similarities.
+* :func:`evaluate_encoder`: every metric of one encoder on one held-out set, with `evaluation`'s metric functions
+  (CLIP_benchmark's definitions: top-k with `torch.topk`; retrieval recall@k over every caption and every image).
+  `evaluation.zero_shot`'s pipeline itself is not used: it reads a `datasets` split through an Accelerator and the
+  processor's preprocessing of PIL images, while the curves score uint8 images held in memory, resized as the
+  teachers resize them, for students and teacher ensembles alike (the same numbers as before the move).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from dataset_scripts.teachers import Teacher, load_teachers
+from evaluation.metrics.retrieval_recall.retrieval_recall import image_to_text_recall, text_to_image_recall
+from evaluation.task_metrics import top_k_correct
+from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
+from modeling_mobileclip.atomic import write_json_atomic
+from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
+
+from .held_out import RECALL_K, TOP_K, HeldOutSet
+from .settings import MODES, STUDENT_VARIANT, Settings, curve_steps
+
+
+class ModelEncoder(Teacher):
+    """A MobileCLIP model in memory behind the teacher interface (resize, normalise, encode, L2-normalise)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str, device: torch.device,
+                 token_cache: dict[tuple[str, ...], torch.Tensor] | None = None):
+        super().__init__(name, device, torch.float32)
+        config = model.config
+        self.model, self.tokenizer = model.to(device).eval(), tokenizer
+        # Every checkpoint of a learning curve tokenizes the same texts: a shared cache tokenizes them once.
+        self.token_cache = {} if token_cache is None else token_cache
+        self.image_size, self.image_mean, self.image_std = config.image_size, config.image_mean, config.image_std
+        self.logit_scale = float(model.logit_scale.detach().exp())
+
+    def _image_features(self, pixel_values):
+        return self.model.encode_image(pixel_values)
+
+    def _text_features(self, texts):
+        key = tuple(texts)
+        if key not in self.token_cache:
+            self.token_cache[key] = self.tokenizer(texts, return_tensors="pt")["input_ids"]
+        return self.model.encode_text(self.token_cache[key].to(self.device))
+
+
+class EnsembleEncoder:
+    """Several encoders as one: concatenated unit embeddings / sqrt(T), so a dot product is the mean cosine."""
+
+    def __init__(self, encoders: Sequence[Any]):
+        self.encoders = list(encoders)
+
+    def _joined(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
+
+    def encode_images(self, views: torch.Tensor) -> torch.Tensor:
+        return self._joined([encoder.encode_images(views) for encoder in self.encoders])
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._joined([encoder.encode_texts(texts) for encoder in self.encoders])
+
+
+def _batched(encode, items, batch_size: int) -> torch.Tensor:
+    return torch.cat([encode(items[i: i + batch_size]).float().cpu() for i in range(0, len(items), batch_size)])
+
+
+def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Fraction of rows whose label is among the k highest logits (CLIP_benchmark's `accuracy`)."""
+    return float(top_k_correct(logits, labels, k).float().mean())
+
+
+def retrieval_recalls(image_embeds: torch.Tensor, text_embeds: torch.Tensor, image_of_text: torch.Tensor,
+                      ks: Sequence[int] = RECALL_K) -> dict[str, float]:
+    """Text->image (`image_retrieval_recall@k`) and image->text (`text_retrieval_recall@k`) recall, CLIP_benchmark's
+    definitions, from the `evaluation/metrics/retrieval_recall` module's own functions."""
+    scores = text_embeds @ image_embeds.t()
+    metrics = {}
+    for k in ks:
+        metrics[f"image_retrieval_recall@{k}"] = text_to_image_recall(scores, image_of_text, k)
+        metrics[f"text_retrieval_recall@{k}"] = image_to_text_recall(scores, image_of_text, k)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_encoder(encoder: Any, held_out: HeldOutSet, batch_size: int = 256,
+                     prompt_cache: dict[tuple[str, ...], torch.Tensor] | None = None) -> dict[str, float]:
+    """Zero-shot top-k for every task and retrieval recall@k; keys like `names/acc5`, `retrieval/...`.
+
+    `prompt_cache` (one dict per encoder) lets several held-out sets with the same classes encode them once.
+    """
+    prompt_cache = {} if prompt_cache is None else prompt_cache
+    images = _batched(encoder.encode_images, held_out.images, batch_size)
+    metrics: dict[str, float] = {}
+    for task in held_out.tasks:
+        key = tuple(task.prompts)
+        if key not in prompt_cache:
+            prompt_cache[key] = _batched(encoder.encode_texts, task.prompts, batch_size)
+        logits = 100.0 * images @ prompt_cache[key].t()
+        for k in TOP_K:
+            metrics[f"{task.name}/acc{k}"] = top_k_accuracy(logits, task.labels, k)
+    texts = [caption for captions in held_out.captions for caption in captions]
+    image_of_text = torch.tensor([i for i, captions in enumerate(held_out.captions) for _ in captions])
+    recalls = retrieval_recalls(images, _batched(encoder.encode_texts, texts, batch_size), image_of_text)
+    metrics.update({f"retrieval/{name}": value for name, value in recalls.items()})
+    return metrics
+
+
+def evaluate_on_sets(encoder: Any, sets: dict[str, HeldOutSet]) -> dict[str, dict[str, float]]:
+    """`evaluate_encoder` on every set, class prompts shared between sets encoded once."""
+    cache: dict[tuple[str, ...], torch.Tensor] = {}
+    return {name: evaluate_encoder(encoder, held_out, prompt_cache=cache) for name, held_out in sets.items()}
+
+
+def student_at(step: int, mode: str, settings: Settings, output_dir: Path) -> MobileCLIPModel:
+    """The student's weights after `step` steps: the shared initialisation, a checkpoint or the final folder."""
+    if step == settings.student_steps:
+        return MobileCLIPModel.from_pretrained(output_dir / "students" / mode)
+    set_seed(settings.seed)  # what `train` does right before building the student: the same initial weights
+    model = MobileCLIPModel(MobileCLIPConfig.from_variant(STUDENT_VARIANT))
+    if step:
+        weights = output_dir / "runs" / mode / "checkpoints" / f"step_{step}" / "model.safetensors"
+        model.load_state_dict(load_file(str(weights)))
+    return model
+
+
+def evaluate_students(settings: Settings, held_out: dict[str, HeldOutSet], output_dir: Path,
+                      device: str) -> dict[str, list[dict]]:
+    """Every curve point of both students on every held-out set; each point is stored once (reruns reuse it)."""
+    tokenizer = MobileCLIPProcessor.from_variant(STUDENT_VARIANT).tokenizer
+    points_dir = output_dir / "curve_points"
+    points_dir.mkdir(parents=True, exist_ok=True)
+    curves: dict[str, list[dict]] = {}
+    token_cache: dict[tuple[str, ...], torch.Tensor] = {}
+    work = [(mode, step) for mode in MODES for step in curve_steps(settings)]
+    for mode, step in tqdm(work, desc="learning curves", disable=settings.scale == "tiny"):
+        # Step 0 is the shared initialisation (same seed, same construction): evaluated once for both students.
+        path = points_dir / ("init.json" if step == 0 else f"{mode}_step_{step}.json")
+        if not path.is_file():
+            encoder = ModelEncoder(student_at(step, mode, settings, output_dir), tokenizer, f"{mode}@{step}",
+                                   torch.device(device), token_cache)
+            point = {"step": step, **evaluate_on_sets(encoder, held_out)}
+            write_json_atomic(path, point)
+        curves.setdefault(mode, []).append(json.loads(path.read_text()))
+    return curves
+
+
+def evaluate_teachers(specs: list[str], held_out: dict[str, HeldOutSet], device: str) -> dict[str, dict]:
+    ensemble = EnsembleEncoder(load_teachers(specs, torch.device(device), torch.float32))
+    return evaluate_on_sets(ensemble, held_out)
+
+
+__all__ = [
+    "EnsembleEncoder", "ModelEncoder", "evaluate_encoder", "evaluate_on_sets", "evaluate_students",
+    "evaluate_teachers", "retrieval_recalls", "student_at", "top_k_accuracy",
+]
