@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
     scores = score_cases(model, processor, cases, accelerator, args.batch_size, args.num_workers)
     metrics = aro_metrics(args.task, cases, scores)
-    report_results(accelerator, model, args, f"ARO {args.task} ({len(cases)} cases):", metrics,
-                   "image_caption_selection", dataset=f"aro/{args.task}")
+    report_results(accelerator, model, f"ARO {args.task} ({len(cases)} cases):", metrics, "image_caption_selection",
+                   model_id=args.model, dataset=f"aro/{args.task}", output=args.output)
     return metrics
 
 

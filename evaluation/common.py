@@ -175,17 +175,17 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def report_results(accelerator: Accelerator, model: torch.nn.Module, args: argparse.Namespace, headline: str,
-                   metrics: dict, task: str, dataset: str | None = None) -> None:
-    """How an evaluation command ends: the main process prints `headline` and the metrics and, with `--output`,
-    writes them as a CLIP_benchmark record of `task` on `dataset` (default `--dataset`) for `--model`; then every
+def report_results(accelerator: Accelerator, model: torch.nn.Module, headline: str, metrics: dict, task: str, *,
+                   model_id: str, dataset: str, output: str | None) -> None:
+    """How an evaluation command ends: the main process prints `headline` and the metrics and, with `output`,
+    writes them there as a CLIP_benchmark record of `task` on `dataset` for the model `model_id`; then every
     process waits, so none exits before the file is written."""
     if accelerator.is_main_process:
         print(headline)
         print(format_metrics(metrics))
-        if args.output:
-            record = results_record(dataset or args.dataset, model_name(model, args.model), args.model, task, metrics)
-            print(f"Wrote {write_json(args.output, record)}")
+        if output:
+            record = results_record(dataset, model_name(model, model_id), model_id, task, metrics)
+            print(f"Wrote {write_json(output, record)}")
     accelerator.wait_for_everyone()
 
 

@@ -80,11 +80,12 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test")
 
 
-def load_dataset_from_arguments(args: argparse.Namespace, accelerator: Accelerator) -> EvalDataset:
-    """The split named by `add_dataset_arguments`' options. The main process loads it first, filling the `datasets`
-    cache that the other processes then read, instead of all of them downloading and preparing it at once."""
+def load_eval_dataset_once(accelerator: Accelerator, spec: str, split: str = "test",
+                           config: str | None = None) -> EvalDataset:
+    """`load_eval_dataset` under several processes: the main process loads first, filling the `datasets` cache that
+    the other processes then read, instead of all of them downloading and preparing it at once."""
     with accelerator.main_process_first():
-        return load_eval_dataset(args.dataset, args.split, args.config)
+        return load_eval_dataset(spec, split, config)
 
 
 def _is_wds_folder(root: Path, split: str) -> bool:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import timm
 import torch
+from timm.utils import reparameterize_model
 
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
 from modeling_mobileclip.cli import run_main
@@ -49,6 +50,24 @@ OPEN_CLIP_PEERS = {
     "mobileclip2-l-14": "MobileCLIP2-L-14",
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(kw_only=True)
+class LatencyConfig:
+    """One field per command-line option (`--batch-sizes` is `batch_sizes`), with the same defaults; exactly one of
+    `model` (a saved MobileCLIP folder or Hub id) and `variant` (random weights) is set."""
+
+    model: str | None = None
+    variant: str | None = None
+    device: str = "cpu"
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 256])
+    reparameterize: bool = False
+    compile: bool = False
+    dtype: str = "float32"
+    runs: int = 20
+    warmup: int = 3
+    threads: int | None = None
+    output: str | None = None
 
 
 @dataclass
@@ -171,30 +190,28 @@ def measure(ours_fn: Callable, peer_fn: Callable | None, argument: torch.Tensor,
     return statistics.median(ours_times), statistics.median(peer_times) if peer_times else None, max_diff
 
 
-def run(args: argparse.Namespace) -> tuple[list[dict], str]:
+def run(config: LatencyConfig) -> tuple[list[dict], str]:
     """Measures every encoder and batch size; returns (one row per measurement, the peer's name)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    ours, peer = build_models(args.variant, args.model)
-    if args.reparameterize:
-        from timm.utils import reparameterize_model
-
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    dtype = DTYPES[config.dtype]
+    ours, peer = build_models(config.variant, config.model)
+    if config.reparameterize:
         ours.reparameterize()
         reparameterize_model(peer.module, inplace=True)
     ours.to(device, dtype)
     peer.module.to(device, dtype)
     encoders = {"image": (ours.encode_image, peer.encode_image), "text": (ours.encode_text, peer.encode_text)}
-    if args.compile:
+    if config.compile:
         encoders = {k: (torch.compile(o), p and torch.compile(p)) for k, (o, p) in encoders.items()}
     rows = []
-    for batch_size in args.batch_sizes:
+    for batch_size in config.batch_sizes:
         pixel_values, input_ids = example_inputs(ours, batch_size, device, dtype)
         for encoder, argument in (("image", pixel_values), ("text", input_ids)):
             ours_fn, peer_fn = encoders[encoder]
             compare = peer.same_weights if encoder == "image" or peer.text_same_weights is None else peer.text_same_weights
-            ours_s, peer_s, max_diff = measure(ours_fn, peer_fn, argument, device, args.runs, args.warmup, compare)
+            ours_s, peer_s, max_diff = measure(ours_fn, peer_fn, argument, device, config.runs, config.warmup, compare)
             rows.append({
                 "encoder": encoder, "batch_size": batch_size, "ours_ms": 1000 * ours_s,
                 "peer_ms": None if peer_s is None else 1000 * peer_s,
@@ -219,7 +236,7 @@ def format_rows(rows: list[dict], ours_name: str, peer_name: str) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> LatencyConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="saved model folder or Hub id")
@@ -237,20 +254,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.variant:
         args.variant = variant_preset(args.variant)["variant"]  # validates the name, normalises spelling
-    return args
+    return LatencyConfig(**vars(args))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Command-line entry point; returns the measured rows."""
-    args = parse_args(argv)
-    rows, peer_name = run(args)
-    ours_name = args.variant or args.model
-    setting = f"{args.device}, {args.dtype}, {torch.get_num_threads()} threads, {'fused' if args.reparameterize else 'unfused'}" \
-              f"{', compiled' if args.compile else ''}, median of {args.runs} runs after {args.warmup} warm-up"
+    config = parse_args(argv)
+    rows, peer_name = run(config)
+    ours_name = config.variant or config.model
+    setting = f"{config.device}, {config.dtype}, {torch.get_num_threads()} threads, {'fused' if config.reparameterize else 'unfused'}" \
+              f"{', compiled' if config.compile else ''}, median of {config.runs} runs after {config.warmup} warm-up"
     print(f"Latency ({setting})")
     print(format_rows(rows, ours_name, peer_name))
-    if args.output:
-        write_json(args.output, {"model": ours_name, "peer": peer_name, "setting": setting, "rows": rows})
+    if config.output:
+        write_json(config.output, {"model": ours_name, "peer": peer_name, "setting": setting, "rows": rows})
     return rows
 
 

@@ -29,7 +29,7 @@ from .common import (
     load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, row_images, tokenize
 )
 from .datasets_io import (
-    EvalDataset, add_dataset_arguments, captions_of, load_dataset_from_arguments, require_columns, require_image_column
+    EvalDataset, add_dataset_arguments, captions_of, load_eval_dataset_once, require_columns, require_image_column
 )
 
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; returns the metrics."""
     args = parse_args(argv)
     accelerator = make_accelerator(args.cpu)
-    loaded = load_dataset_from_arguments(args, accelerator)
+    loaded = load_eval_dataset_once(accelerator, args.dataset, args.split, args.config)
     prepared = prepare_retrieval(loaded, args.image_column, args.caption_column)
     model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
     result = evaluate_retrieval(
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
         num_workers=args.num_workers, prepared=prepared,
     )
     headline = f"Retrieval on {args.dataset} ({len(result.image_embeddings)} images, {len(result.text_embeddings)} captions):"
-    report_results(accelerator, model, args, headline, result.metrics, "zeroshot_retrieval")
+    report_results(accelerator, model, headline, result.metrics, "zeroshot_retrieval", model_id=args.model,
+                   dataset=args.dataset, output=args.output)
     return result.metrics
 
 

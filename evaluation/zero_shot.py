@@ -32,7 +32,7 @@ from .common import (
     load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, row_images, tokenize
 )
 from .datasets_io import (
-    EvalDataset, add_dataset_arguments, check_templates, class_prompts, label_indices, load_dataset_from_arguments,
+    EvalDataset, add_dataset_arguments, check_templates, class_prompts, label_indices, load_eval_dataset_once,
     read_classnames, read_templates, require_columns, require_image_column
 )
 
@@ -236,12 +236,13 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = make_accelerator(args.cpu)
     classnames = read_classnames(args.classnames, args.classnames_key) if args.classnames else None
     templates = read_templates(args.templates) if args.templates else None
-    task = prepare_zero_shot(load_dataset_from_arguments(args, accelerator), args.image_column, args.label_column,
-                             classnames, templates)
+    loaded = load_eval_dataset_once(accelerator, args.dataset, args.split, args.config)
+    task = prepare_zero_shot(loaded, args.image_column, args.label_column, classnames, templates)
     model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
     result = run_zero_shot(model, processor, task, accelerator, args.batch_size, args.num_workers)
     headline = f"Zero-shot classification of {args.dataset} ({len(result.targets)} images, {result.logits.shape[1]} classes):"
-    report_results(accelerator, model, args, headline, result.metrics, "zeroshot_classification")
+    report_results(accelerator, model, headline, result.metrics, "zeroshot_classification", model_id=args.model,
+                   dataset=args.dataset, output=args.output)
     return result.metrics
 
 
