@@ -48,14 +48,13 @@ from PIL import Image
 from torchvision.transforms import functional as F
 
 from .augmentation import AugmentationParams, apply_augmentation, decode_rgb, sample_seed
+from .dataset_specs import open_dataset
 from .dr_format import ReinforcementMetadata, load_reinforcement_metadata
 
 
 def load_reinforced_dataset(path_or_repo: str, split: str = "train", streaming: bool = False):
-    """`(dataset, metadata)` for a reinforced dataset folder or Hub repo (plain `datasets.load_dataset`)."""
-    import datasets
-
-    dataset = datasets.load_dataset(str(path_or_repo), split=split, streaming=streaming)
+    """`(dataset, metadata)` for a reinforced dataset folder or Hub repo."""
+    dataset = open_dataset(str(path_or_repo), split, streaming=streaming)
     return dataset, load_reinforcement_metadata(path_or_repo)
 
 
