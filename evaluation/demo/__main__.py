@@ -1,0 +1,5 @@
+from modeling_mobileclip.cli import run_main
+
+from .cli import main
+
+run_main(main)
