@@ -32,6 +32,7 @@ from dataset_scripts.dr_format import ReinforcementMetadata, TeacherInfo, shard_
 from dataset_scripts.dr_format import write_parquet_shard
 from dataset_scripts.official import write_official_shard
 from dataset_scripts.training_view import ReinforcedTrainingView, load_reinforced_dataset, tokenize
+from modeling_mobileclip import MobileCLIPProcessor
 from training.data import Collator
 
 
@@ -137,8 +138,6 @@ class FreshAugmentationPeer(torch.utils.data.Dataset):
 
 def student_tokenizer():
     try:
-        from modeling_mobileclip import MobileCLIPProcessor
-
         return MobileCLIPProcessor.from_variant("mobileclip-s0").tokenizer, "MobileCLIPProcessor.tokenizer"
     except Exception:
         import open_clip

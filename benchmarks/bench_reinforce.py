@@ -87,15 +87,14 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "source.parquet"
         build_source(source, args.samples)
-        pipeline_args = [
-            "--source", str(source), "--output", str(Path(tmp) / "out"), "--teachers", args.teachers,
-            "--captioner", args.captioner, "--num-augmentations", str(args.num_augmentations),
-            "--num-synthetic-captions", str(args.num_synthetic_captions), "--batch-size", str(args.batch_size),
-            "--shard-size", str(args.samples), "--dtype", args.dtype, "--image-size", str(args.image_size),
-            "--no-progress",
-        ] + (["--num-workers", str(args.num_workers)] if args.num_workers is not None else [])
+        config = reinforce.ReinforceConfig(
+            source=str(source), output=str(Path(tmp) / "out"), teachers=args.teachers, captioner=args.captioner,
+            num_augmentations=args.num_augmentations, num_synthetic_captions=args.num_synthetic_captions,
+            batch_size=args.batch_size, shard_size=args.samples, dtype=args.dtype, image_size=args.image_size,
+            no_progress=True, num_workers=args.num_workers,
+        )
         start = time.perf_counter()
-        entry = reinforce.reinforce(reinforce.parse_config(pipeline_args))
+        entry = reinforce.reinforce(config)
         end_to_end = time.perf_counter() - start
         timing = entry["timing"]
         peer = teachers_alone([s for s in args.teachers.split(",") if s], args, device)

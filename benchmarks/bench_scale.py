@@ -166,6 +166,8 @@ def rss_section(args) -> None:
 
 
 def stream_loaders_samples_per_second(root: Path, streaming: bool, workers: int, args) -> float:
+    # The stream section's imports stay in its functions: every rss child process runs this file, and a module-level
+    # import of the training input (datasets, pyarrow, the teachers' stack) would weigh on every peak it reads.
     import time
 
     from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
@@ -190,6 +192,7 @@ def stream_loaders_samples_per_second(root: Path, streaming: bool, workers: int,
 
 
 def stream_section(args) -> None:
+    # Imported here, not at the top: see `stream_loaders_samples_per_second`.
     import tempfile
     from types import SimpleNamespace
 

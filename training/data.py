@@ -33,6 +33,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from dataset_scripts.augmentation import AugmentationConfig, apply_augmentation, sample_augmentation, sample_seed
 from dataset_scripts.dataset_specs import open_dataset
+from dataset_scripts.dr_format import load_reinforcement_metadata
 from dataset_scripts.training_view import ReinforcedTrainingView
 
 from .config import TrainingConfig
@@ -85,8 +86,6 @@ def load_train_dataset(config: TrainingConfig) -> datasets.Dataset:
 
 
 def _card_metadata(config: TrainingConfig):
-    from dataset_scripts.dr_format import load_reinforcement_metadata
-
     try:
         return load_reinforcement_metadata(config.train_data)
     except Exception as error:  # no card, no metadata block, or an unreachable Hub repo
