@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from modeling_mobileclip.atomic import write_json_atomic
+from .dataset_specs import split_name
 from .dr_format import CARD_FILENAME, DATA_DIR, REPORT_FILENAME, ReinforcementMetadata, load_reinforcement_metadata
 from .reinforce_config import ReinforceConfig
 
@@ -123,7 +124,7 @@ def ownership_conflicts(output: Path, state_root: Path, split: str, identity: di
         # Written before fingerprints existed: the settings record names the source and split it started with.
         # Only comparable when that record is about this split (it names the first split reinforced).
         legacy, requested = existing_metadata.get("source"), metadata.source
-        legacy_split = str(legacy).rsplit(" (", 1)[-1].rstrip(")").split("[")[0] if legacy else None
+        legacy_split = split_name(str(legacy).rsplit(" (", 1)[-1].rstrip(")")) if legacy else None
         if legacy_split == split and requested and legacy != requested:
             reasons.append(f"its split {split!r} was reinforced from {legacy!r}, not {requested!r}")
     if reasons:
