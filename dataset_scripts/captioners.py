@@ -25,6 +25,7 @@ import datasets
 
 import torch
 from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, TopPLogitsWarper
 
 from .teachers import autocast_context, create_open_clip_model, parse_model_spec, seeded_by_spec
 
@@ -56,7 +57,7 @@ class OpenCLIPCoCaCaptioner(Captioner):
 
     def __init__(self, spec, device: torch.device, dtype: torch.dtype, top_p: float = DEFAULT_TOP_P,
                  max_tokens: int = DEFAULT_MAX_TOKENS, min_tokens: int = DEFAULT_MIN_TOKENS):
-        import open_clip
+        import open_clip  # optional dependency (the `reinforce` extra): only open_clip captioners need it
 
         self.spec, self.device, self.dtype = spec.raw, device, dtype
         model, preprocess = create_open_clip_model(spec, device, role="captioner")
@@ -68,8 +69,6 @@ class OpenCLIPCoCaCaptioner(Captioner):
 
     @torch.inference_mode()
     def generate(self, pixel_values, num_captions, seed):
-        from transformers import TopPLogitsWarper
-
         start_id, end_id, pad_id = 49406, 49407, 0  # open_clip's <start_of_text>, <end_of_text>, padding
         images = pixel_values.to(self.device).repeat_interleave(num_captions, dim=0)
         generator = torch.Generator(self.device).manual_seed(seed)
@@ -116,8 +115,6 @@ class HFCaptioner(Captioner):
 
     def __init__(self, spec, device: torch.device, dtype: torch.dtype, top_p: float = DEFAULT_TOP_P,
                  max_tokens: int = DEFAULT_MAX_TOKENS):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         self.spec, self.device, self.dtype = spec.raw, device, dtype
         try:
             self.model = AutoModelForImageTextToText.from_pretrained(spec.name, trust_remote_code=True)

@@ -92,7 +92,8 @@ def build_metadata(sample: dict, config: ConvertOfficialConfig) -> Reinforcement
         augmentation=AugmentationConfig(size=config.image_size),
         captioner=config.captioner,
         seed=None,
-        source=f"official DataCompDR shards {config.shards}" + (f" with images {config.images}" if config.images else ""),
+        source=f"official DataCompDR shards {config.shards}"
+               + (f" with images {config.images}" if config.images else ""),
         shard_size=None,
         extra={"converted_from": "apple/DataCompDR WebDataset"},
     )

@@ -36,8 +36,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
 import yaml
 from datasets import Array2D, Features, Image, List, Value
+from huggingface_hub import DatasetCard
 
 from modeling_mobileclip.atomic import SCRATCH_PREFIX, atomic_path
 from .augmentation import AugmentationConfig
@@ -302,8 +304,6 @@ DICTIONARY_COLUMNS = ("uid", "caption")
 def _write_plain_encoded(source: Path, destination: Path) -> None:
     """Copies a Parquet file row group by row group (same schema, metadata and row groups), with only
     DICTIONARY_COLUMNS dictionary-encoded."""
-    import pyarrow.parquet as pq
-
     reader = pq.ParquetFile(source)
     with pq.ParquetWriter(destination, reader.schema_arrow, use_dictionary=list(DICTIONARY_COLUMNS)) as writer:
         for index in range(reader.num_row_groups):
@@ -347,8 +347,6 @@ def write_dataset_card(
     output_dir: str | os.PathLike, metadata: ReinforcementMetadata, split_sizes: dict[str, int]
 ) -> Path:
     """Write README.md: `configs` (one glob per split), `dataset_info` (features, split sizes) and metadata."""
-    from huggingface_hub import DatasetCard
-
     features = reinforced_features(metadata)
     split_bytes = {
         split: sum(f.stat().st_size for f in Path(output_dir, DATA_DIR).glob(f"{split}-*.parquet"))
@@ -381,8 +379,6 @@ def write_dataset_card(
 
 def read_card_front_matter(path_or_repo: str | os.PathLike) -> dict[str, Any]:
     """The YAML front matter of a reinforced dataset's card (local folder, or Hub dataset repo id)."""
-    from huggingface_hub import DatasetCard
-
     local = Path(path_or_repo) / CARD_FILENAME
     card = DatasetCard.load(local if local.exists() else str(path_or_repo), repo_type="dataset")
     return card.data.to_dict()

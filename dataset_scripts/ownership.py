@@ -23,8 +23,11 @@ import json
 import os
 import shutil
 from collections import Counter
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any, Callable
+
+import pyarrow.parquet as pq
 
 from modeling_mobileclip.atomic import write_json_atomic
 from .dataset_specs import split_name
@@ -41,8 +44,8 @@ class OutputOwnershipError(ValueError):
     """The output folder holds another run or foreign files; the message says what and how to proceed."""
 
 
-def source_identity(config: ReinforceConfig, rows: int | None, units: int, uid_column: str | None, syn_column: str | None,
-                    source_columns: list[str]) -> dict[str, Any]:
+def source_identity(config: ReinforceConfig, rows: int | None, units: int, uid_column: str | None,
+                    syn_column: str | None, source_columns: list[str]) -> dict[str, Any]:
     """What a run reads for one split. Local paths are made absolute (a rerun from another working directory is
     the same source); local files matched by a file or glob source are listed with their sizes (cheap, and a
     regenerated source of another length shows up). Folders and Hub ids are identified by id, configuration, row
@@ -173,11 +176,9 @@ def claim_output(output: Path, state_root: Path, split: str, identity: dict[str,
 
 def code_version() -> str:
     """`mobileclip-hf <version>`: recorded with every fingerprint, not compared (a fixed release may resume a run)."""
-    from importlib import metadata
-
     try:
-        return f"mobileclip-hf {metadata.version('mobileclip-hf')}"
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return f"mobileclip-hf {package_metadata.version('mobileclip-hf')}"
+    except package_metadata.PackageNotFoundError:  # run from a source tree that was never installed
         return "mobileclip-hf (not installed)"
 
 
@@ -245,8 +246,6 @@ def without_duplicate_uids(source, uid_column: str, source_name: str, split: str
 
 def check_written_uids(output: Path, split: str) -> None:
     """Streaming runs cannot read the uid column up front: check the written parts before the card is written."""
-    import pyarrow.parquet as pq
-
     uids = [u for path in sorted(output.glob(f"{DATA_DIR}/{split}-*.parquet"))
             for u in pq.read_table(path, columns=["uid"]).column("uid").to_pylist()]
     duplicates = duplicated_uids(uids)

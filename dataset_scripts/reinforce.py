@@ -157,7 +157,8 @@ def reinforce(config: ReinforceConfig) -> dict[str, Any]:
     metadata = ReinforcementMetadata(
         teachers=[TeacherInfo(t.spec, t.dim, t.logit_scale) for t in teachers],
         num_augmentations=config.num_augmentations, num_synthetic_captions=num_captions, augmentation=augmentation,
-        captioner=config.captioner, seed=config.seed, source=f"{config.source} ({config.split})", shard_size=config.shard_size,
+        captioner=config.captioner, seed=config.seed, source=f"{config.source} ({config.split})",
+        shard_size=config.shard_size,
     )
     claim_output(output, output / STATE_DIR, split, source.identity, metadata, config.overwrite, state.is_main_process,
                  has_part_states=has_part_states(output, split), barrier=state.wait_for_everyone)

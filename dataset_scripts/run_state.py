@@ -14,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch.distributed as dist
+
 from modeling_mobileclip.atomic import write_json_atomic
 from .dr_format import (REPORT_FILENAME, ReinforcementMetadata, card_split_sizes, shard_filename, write_dataset_card,
                         write_parquet_shard)
@@ -142,8 +144,6 @@ def failure_exchange_group(num_processes: int):
     """
     if num_processes == 1:
         return None
-    import torch.distributed as dist
-
     return dist.new_group(backend="gloo", timeout=timedelta(days=7))
 
 
@@ -159,8 +159,6 @@ def raise_on_any_failure(error: BaseException | None, group, process_index: int,
         if error is not None:
             raise error
         return
-    import torch.distributed as dist
-
     mine = None if error is None else f"{type(error).__name__}: {error}"
     statuses: list[str | None] = [None] * num_processes
     try:

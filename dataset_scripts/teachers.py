@@ -78,7 +78,7 @@ def create_open_clip_model(spec: ModelSpec, device: torch.device, role: str = "t
     called and fails if called); random-weight models (`none`, used in tests) would read uninitialised memory
     and caption differently in every run, so it is initialised here as open_clip intends.
     """
-    import open_clip
+    import open_clip  # optional dependency (the `reinforce` extra): only open_clip teachers and captioners need it
 
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=spec.pretrained,
@@ -165,7 +165,7 @@ class OpenCLIPTeacher(Teacher):
 
     def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
         super().__init__(spec.raw, device, dtype)
-        import open_clip
+        import open_clip  # optional dependency (the `reinforce` extra)
 
         model, _ = create_open_clip_model(spec, device)
         self.model = model

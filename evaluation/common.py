@@ -12,9 +12,11 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import evaluate
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from tqdm.auto import tqdm
 
 from modeling_mobileclip import loading
@@ -146,8 +148,6 @@ class IndexedRows(torch.utils.data.Dataset):
 def load_metric(name: str, config_name: str | None = None, accelerator: Accelerator | None = None):
     """Loads one of our `evaluate` modules from `evaluation/metrics/<name>` (offline, by path). With `accelerator`,
     the processes load it one after the other: `evaluate`'s module cache takes one writer at a time."""
-    import evaluate
-
     if accelerator is None:
         return evaluate.load(str(METRICS_DIR / name), config_name, keep_in_memory=True)
     with accelerator.main_process_first():
@@ -196,8 +196,6 @@ def build_dataloader(dataset, collate: Callable, batch_size: int, num_workers: i
     for checkpointing: evaluation loaders are transient, and an evaluation inside a training run must leave the
     run's accelerator as it found it.
     """
-    from accelerate.data_loader import prepare_data_loader
-
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
     )

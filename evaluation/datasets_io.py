@@ -28,6 +28,8 @@ from typing import Any, Sequence
 
 import datasets
 from accelerate import Accelerator
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
 from dataset_scripts.dataset_specs import FILE_BUILDERS, IMAGE_EXTENSIONS, file_builder, open_dataset
 from .common import DATA_DIR, EvaluationInputError
@@ -135,9 +137,6 @@ def _load_local_wds(root: Path, split: str) -> EvalDataset:
 
 
 def _load_hub_wds(repo_id: str, split: str) -> EvalDataset:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
-
     def read_text(name):
         try:
             return Path(hf_hub_download(repo_id, name, repo_type="dataset")).read_text()

@@ -23,6 +23,7 @@ from typing import Callable
 import timm
 import torch
 from timm.utils import reparameterize_model
+from transformers.models.sam3_lite_text.modeling_sam3_lite_text import Sam3LiteTextTextConfig, Sam3LiteTextTextModel
 
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
 from modeling_mobileclip.cli import run_main
@@ -130,11 +131,6 @@ def _mct_text_peer(text_config) -> torch.nn.Module | None:
     """transformers' MCt text encoder (EfficientSAM3 LiteText, not fusable) for MobileCLIP-S0's text tower."""
     if not text_config.num_repmixer_blocks:
         return None
-    from transformers.models.sam3_lite_text.modeling_sam3_lite_text import (
-        Sam3LiteTextTextConfig,
-        Sam3LiteTextTextModel,
-    )
-
     config = Sam3LiteTextTextConfig(
         num_hidden_layers=text_config.num_hidden_layers + text_config.num_repmixer_blocks,
         hidden_size=text_config.hidden_size,

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from datasets.exceptions import DatasetNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from modeling_mobileclip.cli import run_main
 
@@ -120,9 +122,6 @@ IMAGENET_SHIFT = ("imagenetv2", "imagenet-a", "imagenet-o", "imagenet-r", "objec
 
 def _hub_unavailable_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "this Hub source cannot be had" (offline, absent, no access), not "the data is bad"."""
-    from datasets.exceptions import DatasetNotFoundError
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
     return (OSError, HfHubHTTPError, OfflineModeIsEnabled, DatasetNotFoundError, EvaluationInputError)
 
 
