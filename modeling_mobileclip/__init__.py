@@ -5,6 +5,15 @@ only. `from modeling_mobileclip import MobileCLIPModel, MobileCLIPConfig, Mobile
 load alone as `MobileCLIPVisionModel` / `MobileCLIPTextModel` (`MobileCLIPTextModelWithProjection` with the projection).
 """
 
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    AutoTokenizer,
+)
+
 from .configuration_mobileclip import (
     DEV_VARIANTS,
     VARIANTS,
@@ -39,15 +48,6 @@ def _register_auto_classes() -> None:
     (transformers prefers explicitly registered classes, also when `trust_remote_code=True` is passed). The remote
     code serves machines where the package is not installed.
     """
-    from transformers import (
-        AutoConfig,
-        AutoImageProcessor,
-        AutoModel,
-        AutoModelForZeroShotImageClassification,
-        AutoProcessor,
-        AutoTokenizer,
-    )
-
     for config_class in (MobileCLIPConfig, MobileCLIPTextConfig, MobileCLIPVisionConfig):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     AutoModel.register(MobileCLIPConfig, MobileCLIPModel, exist_ok=True)

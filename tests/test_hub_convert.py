@@ -261,7 +261,7 @@ def test_bad_hub_ids_and_files_fail_naming_what_was_expected_and_write_nothing(h
 
 @pytest.mark.slow
 def test_a_failure_while_writing_leaves_no_folder(golden_dir, hub_cache, tmp_path, monkeypatch):
-    from modeling_mobileclip import convert
+    from modeling_mobileclip.convert import conversion as convert
 
     checkpoint = tmp_path / "mobileclip_s0.pt"
     torch.save(golden_state_dict(golden_dir, "s0"), checkpoint)

@@ -45,8 +45,8 @@ def test_model_push_round_trip_through_auto_classes_and_pipeline(local_hub, tmp_
     folder = local_hub.folder("me/tiny")
     files = set(local_hub.uploads[-1]["files"])
     assert {"config.json", "model.safetensors", "configuration_mobileclip.py", "modeling_mobileclip.py",
-            "text_mobileclip.py", "vision_mobileclip.py", "model_card.py", "processing_mobileclip.py",
-            "processor_config.json", "tokenizer.json", "README.md",
+            "text_mobileclip.py", "vision_mobileclip.py", "outputs_mobileclip.py", "model_card.py",
+            "processing_mobileclip.py", "processor_config.json", "tokenizer.json", "README.md",
             "reparameterized/model.safetensors", "reparameterized/README.md",
             "reparameterized/processor_config.json"} <= files, files
     assert local_hub.uploads[-1]["commit_message"] == "first"

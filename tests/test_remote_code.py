@@ -83,7 +83,7 @@ def test_converted_folder_loads_in_clean_process_with_apple_outputs(golden_dir, 
     argv = ["--source", "apple", "--variant", "mobileclip-s0", "--checkpoint", str(checkpoint), "--output", str(folder)]
     convert_main(argv + (["--reparameterize"] if reparameterize else []))
     for name in ("config.json", "model.safetensors", "modeling_mobileclip.py", "configuration_mobileclip.py",
-                 "text_mobileclip.py", "processing_mobileclip.py"):
+                 "text_mobileclip.py", "outputs_mobileclip.py", "processing_mobileclip.py"):
         assert (folder / name).is_file(), name
 
     meta = json.loads((golden_dir / "apple_mobileclip_s0.io.json").read_text())
