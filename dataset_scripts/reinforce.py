@@ -4,6 +4,8 @@
         --num-augmentations N --num-synthetic-captions K [--split S] [--image-column C] [--caption-column C] \
         [--batch-size B] [--shard-size R] [--dtype float16|bfloat16|float32] [--seed S] [--push-to-hub REPO_ID]
 
+From Python: `reinforce(ReinforceConfig(source=..., output=..., teachers=..., ...))`, the same settings by name.
+
 Runs under `accelerate launch` on any number of GPUs and nodes. The source is cut into units (source files when
 streaming, runs of `--shard-size` rows otherwise); each process takes every world_size-th unit, and each unit is
 written as Parquet parts of at most `--shard-size` source rows, atomically, with a small state file per part. A
