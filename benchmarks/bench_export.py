@@ -40,8 +40,7 @@ ONNX_SETTINGS = {  # name -> export() keywords
 def export_settings(ours, variant: str, folder: Path) -> dict[str, Path]:
     """Exports `ours` once per ONNX setting; returns setting -> export folder."""
     from modeling_mobileclip import MobileCLIPProcessor
-    from modeling_mobileclip.export import export
-    from modeling_mobileclip.export_quantize import load_calibration_data
+    from modeling_mobileclip.export import export, load_calibration_data
 
     processor = MobileCLIPProcessor.from_variant(variant)
     calibration = load_calibration_data(str(EMOJI), 64, "google")

@@ -24,8 +24,10 @@ from .configuration_mobileclip import MobileCLIPTextConfig
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def fold_batchnorm(kernel: torch.Tensor | None, bn: nn.BatchNorm1d, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Folds an eval-mode BatchNorm into the preceding bias-free conv `kernel`.
+def fold_batchnorm(kernel: torch.Tensor | None, bn: nn.BatchNorm1d, groups: int = 1,
+                   bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Folds an eval-mode BatchNorm into the preceding conv `kernel` (with its `bias`, if any): the project's one
+    conv+BatchNorm fold, also used by the export for the BatchNorms `reparameterize()` leaves.
 
     `kernel=None` stands for the identity (a BatchNorm-only branch), built as a depthwise-or-grouped identity kernel
     of `bn.num_features` channels and spatial length 1 (callers pad it to their kernel size).
@@ -38,7 +40,8 @@ def fold_batchnorm(kernel: torch.Tensor | None, bn: nn.BatchNorm1d, groups: int 
         kernel = torch.zeros(channels, in_per_group, 1, dtype=bn.weight.dtype, device=bn.weight.device)
         kernel[torch.arange(channels), torch.arange(channels) % in_per_group, 0] = 1.0
     folded = kernel * scale.reshape(-1, *([1] * (kernel.dim() - 1)))
-    return folded, bn.bias - bn.running_mean * scale
+    shift = bn.bias - bn.running_mean * scale
+    return folded, shift if bias is None else shift + bias * scale
 
 
 def _pad_to_length(kernel: torch.Tensor, length: int) -> torch.Tensor:

@@ -17,17 +17,18 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import EMOJI
 from model_helpers import perturb_
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel, MobileCLIPProcessor
-from modeling_mobileclip import export as export_module
+from modeling_mobileclip.export import pipeline as export_module
 from modeling_mobileclip.export import (
-    ExportInputError, MobileCLIPImageEncoder, MobileCLIPTextEncoder, config_sha256, convert_onnx_float16, export,
-    fidelity_inputs, fold_remaining_batchnorm_, main, onnx_session, pytorch_embeddings, run_onnx
+    ExportInputError, MobileCLIPImageEncoder, MobileCLIPTextEncoder, calibration_inputs, config_sha256,
+    convert_onnx_float16, export, fidelity_inputs, fold_remaining_batchnorm_, load_calibration_data, main,
+    onnx_session, pytorch_embeddings, quantize_onnx, run_onnx
 )
-from modeling_mobileclip.export_quantize import calibration_inputs, load_calibration_data, quantize_onnx
 from torch_threads import single_torch_thread  # noqa: F401
 
-EMOJI_SET = str(export_module.Path(export_module.__file__).resolve().parents[1] / "dataset_scripts" / "data" / "emoji")
+EMOJI_SET = str(EMOJI)
 CAPTIONS = ["an emoji of a grinning face", "a red apple", "flag: japan, a white flag with a red circle"]
 
 
