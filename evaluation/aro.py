@@ -41,8 +41,9 @@ from PIL import Image
 from modeling_mobileclip.cli import run_main
 
 from .common import (
-    DATA_DIR, EvaluationInputError, add_trust_remote_code_argument, build_dataloader, encode_images, encode_texts,
-    load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, tokenize
+    DATA_DIR, EvaluationConfig, EvaluationInputError, add_trust_remote_code_argument, build_dataloader,
+    encode_images, encode_texts, load_model_and_processor, make_accelerator, preprocess_images, progress,
+    report_results, tokenize
 )
 
 
@@ -232,7 +233,32 @@ def load_cases(task: str, root: str | Path, tagger: Tagger | None = None, seed: 
     return load_order_dataset(root, task, tagger, seed)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass(kw_only=True)
+class AROConfig(EvaluationConfig):
+    """One field per command-line option, with the same defaults."""
+
+    task: str
+    """One of `TASKS`."""
+    root: str
+    batch_size: int = 32
+    seed: int = 1
+    output: str | None = None
+
+
+def aro_evaluation(settings: AROConfig) -> dict:
+    """Score `settings.model` on one ARO task, print (and with `output` write) the metrics; return them."""
+    accelerator = make_accelerator(settings.cpu)
+    cases = load_cases(settings.task, settings.root, seed=settings.seed)
+    model, processor = load_model_and_processor(settings.model, accelerator, settings.trust_remote_code)
+    scores = score_cases(model, processor, cases, accelerator, settings.batch_size, settings.num_workers)
+    metrics = aro_metrics(settings.task, cases, scores)
+    report_results(accelerator, model, f"ARO {settings.task} ({len(cases)} cases):", metrics,
+                   "image_caption_selection", model_id=settings.model, dataset=f"aro/{settings.task}",
+                   output=settings.output)
+    return metrics
+
+
+def parse_args(argv: list[str] | None = None) -> AROConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="saved model folder or Hub id")
     parser.add_argument("--task", required=True, choices=TASKS)
@@ -243,20 +269,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--output", default=None, help="write the result JSON here")
     add_trust_remote_code_argument(parser)
-    return parser.parse_args(argv)
+    return AROConfig(**vars(parser.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; returns the metrics."""
-    args = parse_args(argv)
-    accelerator = make_accelerator(args.cpu)
-    cases = load_cases(args.task, args.root, seed=args.seed)
-    model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
-    scores = score_cases(model, processor, cases, accelerator, args.batch_size, args.num_workers)
-    metrics = aro_metrics(args.task, cases, scores)
-    report_results(accelerator, model, f"ARO {args.task} ({len(cases)} cases):", metrics, "image_caption_selection",
-                   model_id=args.model, dataset=f"aro/{args.task}", output=args.output)
-    return metrics
+    return aro_evaluation(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,6 +33,18 @@ class EvaluationInputError(ValueError):
     """Input that cannot be evaluated: a missing column, class names of the wrong length, an empty split, ..."""
 
 
+
+
+@dataclass(kw_only=True)
+class EvaluationConfig:
+    """The options of `evaluation_parser`, with its defaults: the part every evaluation command's settings share."""
+
+    model: str
+    """Saved model folder or Hub id (MobileCLIP, or a transformers CLIP-like model)."""
+    batch_size: int = 64
+    num_workers: int = 4
+    cpu: bool = False
+    trust_remote_code: bool = False
 
 
 def evaluation_parser(description: str) -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ statistics and layer scales, so every fused branch matters).
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -103,21 +104,41 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+@dataclass(kw_only=True)
+class ModelZooConfig:
+    """One field per command-line option, with the same defaults."""
+
+    variants: str = ",".join(VARIANTS)
+    """Comma-separated variant names."""
+    repeats: int = 5
+    tolerance: float = 1e-5
+
+
+def model_zoo_report(settings: ModelZooConfig) -> list[dict]:
+    """Measure every variant, print the table, and fail when reparameterization changes outputs beyond
+    `settings.tolerance`; return the rows."""
+    names = [n.strip() for n in settings.variants.split(",") if n.strip()]
+    rows = [report_variant(name, settings.repeats) for name in tqdm(names, desc="variants", unit="model")]
+    print(f"\nMobileCLIP model zoo (CPU, {torch.get_num_threads()} threads, batch 1, fp32, random weights)")
+    print(format_table(rows))
+    failures = [r["variant"] for r in rows if max(r["image_fuse_error"], r["text_fuse_error"]) > settings.tolerance]
+    if failures:
+        raise SystemExit(f"Reparameterization changed outputs beyond {settings.tolerance:g} for: {', '.join(failures)}")
+    print(f"\nAll {len(rows)} variants: reparameterized outputs within {settings.tolerance:g} (relative) of "
+          "train-time form.")
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> ModelZooConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names (default: all)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--tolerance", type=float, default=1e-5, help="max relative fusion error allowed")
-    args = parser.parse_args(argv)
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    rows = [report_variant(name, args.repeats) for name in tqdm(names, desc="variants", unit="model")]
-    print(f"\nMobileCLIP model zoo (CPU, {torch.get_num_threads()} threads, batch 1, fp32, random weights)")
-    print(format_table(rows))
-    failures = [r["variant"] for r in rows if max(r["image_fuse_error"], r["text_fuse_error"]) > args.tolerance]
-    if failures:
-        raise SystemExit(f"Reparameterization changed outputs beyond {args.tolerance:g} for: {', '.join(failures)}")
-    print(f"\nAll {len(rows)} variants: reparameterized outputs within {args.tolerance:g} (relative) of train-time form.")
-    return rows
+    return ModelZooConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    return model_zoo_report(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ A caption cell holds one string or a list of strings (WebDataset mirrors: `txt`,
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import datasets
@@ -25,8 +25,9 @@ from accelerate import Accelerator
 from modeling_mobileclip.cli import run_main
 
 from .common import (
-    IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, gather_ragged, load_metric,
-    load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, row_images, tokenize
+    EvaluationConfig, IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, gather_ragged,
+    load_metric, load_model_and_processor, make_accelerator, preprocess_images, progress, report_results,
+    row_images, tokenize
 )
 from .datasets_io import (
     EvalDataset, add_dataset_arguments, captions_of, load_eval_dataset_once, require_columns, require_image_column
@@ -119,7 +120,38 @@ def evaluate_retrieval(model: torch.nn.Module, processor: Any, loaded: EvalDatas
     return RetrievalResult(metrics, images, texts, image_of_text)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass(kw_only=True)
+class RetrievalConfig(EvaluationConfig):
+    """One field per command-line option, with the same defaults."""
+
+    dataset: str
+    config: str | None = None
+    """The dataset's configuration name."""
+    split: str = "test"
+    image_column: str | None = None
+    caption_column: str | None = None
+    recall_k: list[int] = field(default_factory=lambda: [1, 5, 10])
+    output: str | None = None
+
+
+def retrieval_evaluation(settings: RetrievalConfig) -> dict:
+    """Evaluate `settings.model` on `settings.dataset`, print (and with `output` write) the metrics; return them."""
+    accelerator = make_accelerator(settings.cpu)
+    loaded = load_eval_dataset_once(accelerator, settings.dataset, settings.split, settings.config)
+    prepared = prepare_retrieval(loaded, settings.image_column, settings.caption_column)
+    model, processor = load_model_and_processor(settings.model, accelerator, settings.trust_remote_code)
+    result = evaluate_retrieval(
+        model, processor, loaded, accelerator, recall_k=settings.recall_k, batch_size=settings.batch_size,
+        num_workers=settings.num_workers, prepared=prepared,
+    )
+    headline = (f"Retrieval on {settings.dataset} ({len(result.image_embeddings)} images, "
+                f"{len(result.text_embeddings)} captions):")
+    report_results(accelerator, model, headline, result.metrics, "zeroshot_retrieval", model_id=settings.model,
+                   dataset=settings.dataset, output=settings.output)
+    return result.metrics
+
+
+def parse_args(argv: list[str] | None = None) -> RetrievalConfig:
     parser = evaluation_parser(__doc__)
     add_dataset_arguments(parser)
     parser.add_argument("--image-column", default=None, help="default 'image' (WebDataset mirrors: webp/png/jpg)")
@@ -131,24 +163,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:  # recall@0 is 0 by definition and would be reported as a result
         parser.error(f"--recall-k takes cut-offs >= 1 (the number of top-ranked items searched), got {bad}; "
                      "e.g. --recall-k 1 5 10.")
-    return args
+    return RetrievalConfig(**vars(args))
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; returns the metrics."""
-    args = parse_args(argv)
-    accelerator = make_accelerator(args.cpu)
-    loaded = load_eval_dataset_once(accelerator, args.dataset, args.split, args.config)
-    prepared = prepare_retrieval(loaded, args.image_column, args.caption_column)
-    model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
-    result = evaluate_retrieval(
-        model, processor, loaded, accelerator, recall_k=args.recall_k, batch_size=args.batch_size,
-        num_workers=args.num_workers, prepared=prepared,
-    )
-    headline = f"Retrieval on {args.dataset} ({len(result.image_embeddings)} images, {len(result.text_embeddings)} captions):"
-    report_results(accelerator, model, headline, result.metrics, "zeroshot_retrieval", model_id=args.model,
-                   dataset=args.dataset, output=args.output)
-    return result.metrics
+    return retrieval_evaluation(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from modeling_mobileclip.cli import run_main
 
 from .common import (
-    EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser,
-    load_model_and_processor, make_accelerator, model_name, preprocess_images, progress, results_record, tokenize,
-    write_json
+    EvaluationConfig, EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts,
+    evaluation_parser, load_model_and_processor, make_accelerator, model_name, preprocess_images, progress,
+    results_record, tokenize, write_json
 )
 from .datasets_io import EvalDataset, load_eval_dataset, require_columns
 from .retrieval import evaluate_retrieval
@@ -281,31 +281,50 @@ def select_tasks(suite: str, keys: list[str] | None) -> tuple[SuiteTask, ...]:
     return tuple(dict.fromkeys(by_name[k] for k in keys))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass(kw_only=True)
+class SuiteConfig(EvaluationConfig):
+    """One field per command-line option, with the same defaults."""
+
+    suite: str = "datacomp38"
+    data_root: str | None = None
+    tasks: list[str] | None = None
+    """Task keys or names to evaluate; None: all of the suite's."""
+    no_hub: bool = False
+    output_dir: str | None = None
+    """Per-task result files; None: eval_results/<model>/<suite>."""
+
+
+def suite_evaluation(settings: SuiteConfig) -> SuiteReport:
+    """Evaluate `settings.model` on the suite's tasks (resuming from the result files already written), print the
+    table and write the summary; return the report."""
+    tasks = select_tasks(settings.suite, settings.tasks)
+    accelerator = make_accelerator(settings.cpu)
+    output_dir = Path(settings.output_dir or Path("eval_results") / Path(settings.model.rstrip("/")).name
+                      / settings.suite)
+    model, processor = load_model_and_processor(settings.model, accelerator, settings.trust_remote_code)
+    report = run_suite(model, processor, settings.model, tasks, accelerator, output_dir, settings.data_root,
+                       not settings.no_hub, settings.batch_size, settings.num_workers)
+    if accelerator.is_main_process:
+        print(report.table())
+        summary = write_json(output_dir / "summary.json", report.summary(settings.model, settings.suite))
+        print(f"Per-task results and {summary.name} in {output_dir}")
+    accelerator.wait_for_everyone()
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> SuiteConfig:
     parser = evaluation_parser(__doc__)
     parser.add_argument("--suite", default="datacomp38", choices=sorted(SUITES))
     parser.add_argument("--data-root", default=None, help="folder holding the task folders (wds_<task>_test, ...)")
     parser.add_argument("--tasks", nargs="+", default=None, help="evaluate only these task keys (default: all)")
     parser.add_argument("--no-hub", action="store_true", help="only look under --data-root")
     parser.add_argument("--output-dir", default=None, help="per-task result files (default: eval_results/<model>/<suite>)")
-    return parser.parse_args(argv)
+    return SuiteConfig(**vars(parser.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> SuiteReport:
     """Command-line entry point; returns the report."""
-    args = parse_args(argv)
-    tasks = select_tasks(args.suite, args.tasks)
-    accelerator = make_accelerator(args.cpu)
-    output_dir = Path(args.output_dir or Path("eval_results") / Path(args.model.rstrip("/")).name / args.suite)
-    model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
-    report = run_suite(model, processor, args.model, tasks, accelerator, output_dir, args.data_root,
-                       not args.no_hub, args.batch_size, args.num_workers)
-    if accelerator.is_main_process:
-        print(report.table())
-        summary = write_json(output_dir / "summary.json", report.summary(args.model, args.suite))
-        print(f"Per-task results and {summary.name} in {output_dir}")
-    accelerator.wait_for_everyone()
-    return report
+    return suite_evaluation(parse_args(argv))
 
 
 if __name__ == "__main__":

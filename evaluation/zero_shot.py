@@ -28,8 +28,9 @@ from accelerate import Accelerator
 from modeling_mobileclip.cli import run_main
 
 from .common import (
-    EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, load_metric,
-    load_model_and_processor, make_accelerator, preprocess_images, progress, report_results, row_images, tokenize
+    EvaluationConfig, EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts,
+    evaluation_parser, load_metric, load_model_and_processor, make_accelerator, preprocess_images, progress,
+    report_results, row_images, tokenize
 )
 from .datasets_io import (
     EvalDataset, add_dataset_arguments, check_templates, class_prompts, label_indices, load_eval_dataset_once,
@@ -218,7 +219,39 @@ def evaluate_zero_shot(
     return run_zero_shot(model, processor, task, accelerator, batch_size, num_workers, extra_columns)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass(kw_only=True)
+class ZeroShotConfig(EvaluationConfig):
+    """One field per command-line option, with the same defaults."""
+
+    dataset: str
+    config: str | None = None
+    """The dataset's configuration name."""
+    split: str = "test"
+    classnames: str | None = None
+    classnames_key: str | None = None
+    templates: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    output: str | None = None
+
+
+def zero_shot_evaluation(settings: ZeroShotConfig) -> dict:
+    """Evaluate `settings.model` on `settings.dataset`, print (and with `output` write) the metrics; return them."""
+    accelerator = make_accelerator(settings.cpu)
+    classnames = read_classnames(settings.classnames, settings.classnames_key) if settings.classnames else None
+    templates = read_templates(settings.templates) if settings.templates else None
+    loaded = load_eval_dataset_once(accelerator, settings.dataset, settings.split, settings.config)
+    task = prepare_zero_shot(loaded, settings.image_column, settings.label_column, classnames, templates)
+    model, processor = load_model_and_processor(settings.model, accelerator, settings.trust_remote_code)
+    result = run_zero_shot(model, processor, task, accelerator, settings.batch_size, settings.num_workers)
+    headline = (f"Zero-shot classification of {settings.dataset} ({len(result.targets)} images, "
+                f"{result.logits.shape[1]} classes):")
+    report_results(accelerator, model, headline, result.metrics, "zeroshot_classification", model_id=settings.model,
+                   dataset=settings.dataset, output=settings.output)
+    return result.metrics
+
+
+def parse_args(argv: list[str] | None = None) -> ZeroShotConfig:
     parser = evaluation_parser(__doc__)
     add_dataset_arguments(parser)
     parser.add_argument("--classnames", default=None, help="JSON list / {label: name} object, .txt, or 'imagenet1k'")
@@ -227,23 +260,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-column", default=None, help="default 'image' (WebDataset mirrors: webp/png/jpg)")
     parser.add_argument("--label-column", default=None, help="default 'label' (WebDataset mirrors: cls)")
     parser.add_argument("--output", default=None, help="write the result JSON (CLIP_benchmark shape) here")
-    return parser.parse_args(argv)
+    return ZeroShotConfig(**vars(parser.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; returns the metrics."""
-    args = parse_args(argv)
-    accelerator = make_accelerator(args.cpu)
-    classnames = read_classnames(args.classnames, args.classnames_key) if args.classnames else None
-    templates = read_templates(args.templates) if args.templates else None
-    loaded = load_eval_dataset_once(accelerator, args.dataset, args.split, args.config)
-    task = prepare_zero_shot(loaded, args.image_column, args.label_column, classnames, templates)
-    model, processor = load_model_and_processor(args.model, accelerator, args.trust_remote_code)
-    result = run_zero_shot(model, processor, task, accelerator, args.batch_size, args.num_workers)
-    headline = f"Zero-shot classification of {args.dataset} ({len(result.targets)} images, {result.logits.shape[1]} classes):"
-    report_results(accelerator, model, headline, result.metrics, "zeroshot_classification", model_id=args.model,
-                   dataset=args.dataset, output=args.output)
-    return result.metrics
+    return zero_shot_evaluation(parse_args(argv))
 
 
 if __name__ == "__main__":
