@@ -22,16 +22,13 @@ DEFAULT_TEMPLATE = "a photo of {}."
 DEFAULT_LABELS = "cat\ndog\ncar"
 
 
-class ImageInput(gr.Image):
+def image_input(**kwargs) -> gr.Image:
     """`gr.Image` (upload, paste, preview) whose file reaches the handler undecoded: a file that is not an image then
-    gets the demo's one-line message instead of Gradio's preprocessing error."""
-
-    def preprocess(self, payload):
-        return None if payload is None else payload.path
-
-    @classmethod
-    def get_block_name(cls) -> str:
-        return "image"  # the front end renders Gradio's own image component
+    gets the demo's one-line message instead of Gradio's preprocessing error. An instance attribute, not a subclass:
+    Gradio writes a `.pyi` stub beside the source file of every component subclass."""
+    component = gr.Image(type="filepath", sources=["upload", "clipboard"], **kwargs)
+    component.preprocess = lambda payload: None if payload is None else payload.path
+    return component
 
 
 class DemoInputError(ValueError):
@@ -118,7 +115,7 @@ def build_app(models: Sequence[DemoModel], template: str = DEFAULT_TEMPLATE, lab
         gr.Markdown(f"# MobileCLIP demo\nModels: {', '.join(f'`{name}`' for name in names)}")
         with gr.Tab("Zero-shot", id="zero-shot"):
             with gr.Row():
-                zs_image = ImageInput(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="zs-image")
+                zs_image = image_input(label="Image", elem_id="zs-image")
                 with gr.Column():
                     zs_labels = gr.Textbox(value=labels, lines=4, label="Labels (one per line)", elem_id="zs-labels")
                     zs_template = gr.Textbox(value=template, label="Prompt template ({} is the label)",
@@ -140,9 +137,8 @@ def build_app(models: Sequence[DemoModel], template: str = DEFAULT_TEMPLATE, lab
         with gr.Tab("Search", id="search"):
             with gr.Row():
                 search_text = gr.Textbox(label="Text query", elem_id="search-text")
-                search_image = ImageInput(type="filepath", sources=["upload", "clipboard"],
-                                        label="Or an image query (used when the text query is empty)",
-                                        elem_id="search-image")
+                search_image = image_input(label="Or an image query (used when the text query is empty)",
+                                           elem_id="search-image")
                 search_k = gr.Slider(1, 50, value=top_k, step=1, label="Top k", elem_id="search-k")
             search_button = gr.Button("Search", variant="primary", elem_id="search-run")
             search_message = gr.Markdown(elem_id="search-message")
