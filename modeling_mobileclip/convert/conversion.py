@@ -14,7 +14,7 @@ from ..model_folder import write_model_folder
 from ..modeling_mobileclip import MobileCLIPModel
 from .checkpoint import SOURCES, CheckpointMismatchError, default_config, load_checkpoint
 from .key_maps import convert_state_dict, load_converted
-from .official import OfficialCheckpoint, _looks_like_repo_id, detect_source, detect_variant, resolve_checkpoint
+from .official import OfficialCheckpoint, detect_source, detect_variant, looks_like_repo_id, resolve_checkpoint
 
 
 def convert_checkpoint(
@@ -81,7 +81,7 @@ def convert(spec: str | Path, source: str | None = None, variant: str | None = N
     if source == "timm" and text_checkpoint is not None and not Path(str(text_checkpoint)).is_file():
         text_checkpoint = resolve_checkpoint(text_checkpoint)[0]
     model = convert_checkpoint(source, variant, path, text_checkpoint, hint=hint)
-    source_repo = official.repo_id if official else (str(spec) if _looks_like_repo_id(str(spec)) else None)
+    source_repo = official.repo_id if official else (str(spec) if looks_like_repo_id(str(spec)) else None)
     return Conversion(model, source, model.config.variant, path, official, source_repo)
 
 

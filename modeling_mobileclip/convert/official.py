@@ -187,7 +187,7 @@ OFFICIAL_BY_REPO = {checkpoint.repo_id.lower(): checkpoint for checkpoint in OFF
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
-def _looks_like_repo_id(spec: str) -> bool:
+def looks_like_repo_id(spec: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", spec)) and not Path(spec).exists()
 
 
@@ -211,7 +211,7 @@ def resolve_checkpoint(spec: str | Path, filename: str | None = None) -> tuple[P
         raise FileNotFoundError(
             f"{path} holds {'no' if not weights else 'several'} checkpoint files "
             f"({', '.join(p.name for p in weights) or 'none with ' + '/'.join(_WEIGHT_SUFFIXES)}): pass the file.")
-    if not _looks_like_repo_id(spec):
+    if not looks_like_repo_id(spec):
         raise FileNotFoundError(
             f"Checkpoint not found: {spec} is neither a file, a folder nor a Hub repo id (ORG/NAME).")
     official = OFFICIAL_BY_REPO.get(spec.lower())
