@@ -72,12 +72,14 @@ class ConvertOfficialConfig:
     overwrite: bool = False
 
 
-def build_metadata(sample: dict, config: ConvertOfficialConfig) -> ReinforcementMetadata:
-    """Metadata for the converted dataset, with teacher dims checked against the stored embedding width."""
-    teachers = [s.strip() for s in config.teachers.split(",") if s.strip()]
+def build_metadata(sample: dict, *, teachers: str, teacher_dims: str | None, image_size: int, captioner: str,
+                   shards: str, images: str | None) -> ReinforcementMetadata:
+    """Metadata of official shards (the conversion's, and streaming training's, which reads them unconverted), with
+    teacher dims checked against the stored embedding width."""
+    teachers = [s.strip() for s in teachers.split(",") if s.strip()]
     width = sample["image_emb"].shape[1]
-    if config.teacher_dims:
-        dims = [int(d) for d in config.teacher_dims.split(",")]
+    if teacher_dims:
+        dims = [int(d) for d in teacher_dims.split(",")]
     elif width % len(teachers) == 0:
         dims = [width // len(teachers)] * len(teachers)
     else:
@@ -89,11 +91,10 @@ def build_metadata(sample: dict, config: ConvertOfficialConfig) -> Reinforcement
         teachers=[TeacherInfo(spec, dim) for spec, dim in zip(teachers, dims)],
         num_augmentations=sample["image_emb"].shape[0],
         num_synthetic_captions=sample["text_emb"].shape[0] - 1,
-        augmentation=AugmentationConfig(size=config.image_size),
-        captioner=config.captioner,
+        augmentation=AugmentationConfig(size=image_size),
+        captioner=captioner,
         seed=None,
-        source=f"official DataCompDR shards {config.shards}"
-               + (f" with images {config.images}" if config.images else ""),
+        source=f"official DataCompDR shards {shards}" + (f" with images {images}" if images else ""),
         shard_size=None,
         extra={"converted_from": "apple/DataCompDR WebDataset"},
     )
@@ -143,7 +144,9 @@ def first_usable_metadata(pairs: list[tuple[str, str | None]], config: ConvertOf
         for sample in iter_joined_samples(shard, image_shard, config.syn_key, keep_missing=True):
             skip = skip_reason(sample, not config.no_verify_images, config.verify_sha256)
             if skip is None:
-                return build_metadata(sample, config)
+                return build_metadata(sample, teachers=config.teachers, teacher_dims=config.teacher_dims,
+                                      image_size=config.image_size, captioner=config.captioner, shards=config.shards,
+                                      images=config.images)
             reasons[skip[0]] = reasons.get(skip[0], 0) + 1
     raise ValueError(f"No usable sample in {config.shards!r} (skipped: {reasons}); images must be downloaded first "
                      "and passed with --images (see the README's img2dataset recipe).")

@@ -21,7 +21,6 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 from collections import Counter
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import pyarrow.parquet as pq
 
 from modeling_mobileclip.atomic import write_json_atomic
+from modeling_mobileclip.output_guard import guard_output_folder
 from .dataset_specs import split_name
 from .dr_format import CARD_FILENAME, DATA_DIR, REPORT_FILENAME, ReinforcementMetadata, load_reinforcement_metadata
 from .reinforce_config import ReinforceConfig
@@ -143,35 +143,22 @@ def ownership_conflicts(output: Path, state_root: Path, split: str, identity: di
 def claim_output(output: Path, state_root: Path, split: str, identity: dict[str, Any],
                  metadata: ReinforcementMetadata, overwrite: bool, is_main: bool, has_part_states: bool,
                  barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> None:
-    """Refuse, or (with `overwrite`) clear, an output folder that is not this run's; record this run's ownership.
-
-    Every process checks (read-only) and reaches the same verdict from the same files; only the main process
-    removes and writes, after all processes meet at `barrier`: none may still be checking while the main process
-    clears the folder or writes its records (a check that saw `metadata.json.tmp` mid-write took it for a foreign
-    file and refused the run).
-    """
+    """Refuse, or (with `overwrite`) clear, an output folder that is not this run's; record this run's ownership,
+    through the project's one output-folder guard. The barrier before recording matters here: a check that saw
+    `metadata.json.tmp` mid-write took it for a foreign file and refused the run."""
     reasons, card_only = ownership_conflicts(output, state_root, split, identity, metadata, has_part_states)
-    if reasons and not overwrite:
-        raise OutputOwnershipError(
-            f"Refusing to write into {output}: " + "; ".join(reasons) + ". Use a new --output, rerun with the "
-            "settings and source that made it, or pass --overwrite to replace " +
-            (f"its {CARD_FILENAME}." if card_only else "its contents.")
-        )
-    if reasons and is_main:
-        if card_only:
-            log(f"--overwrite: {output / CARD_FILENAME} will be replaced by the dataset card ({reasons[0]}).")
-            (output / CARD_FILENAME).unlink()
-        else:
-            files = _files_under(output)
-            log(f"--overwrite: removing {len(files)} file(s) from {output} ({'; '.join(reasons)}): "
-                f"{_listing(files)}")
-            for entry in output.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    barrier()
-    if is_main:
+
+    def record() -> None:
         if not (state_root / METADATA_FILE).is_file():
             write_json_atomic(state_root / METADATA_FILE, metadata.to_dict())
         record_split(state_root, split, identity)
+
+    guard_output_folder(
+        output, reasons, overwrite=overwrite, is_main=is_main, barrier=barrier, log=log, record=record,
+        how_to_proceed="Use a new --output, rerun with the settings and source that made it, or pass --overwrite to "
+                       "replace " + (f"its {CARD_FILENAME}." if card_only else "its contents."),
+        remove=[output / CARD_FILENAME] if card_only else None,
+        error=lambda message: OutputOwnershipError(f"Refusing to write into {message}"))
 
 
 def code_version() -> str:

@@ -126,6 +126,11 @@ def quickstart_bad_teacher(tmp: Path):
         ["teacher spec", "'open_clip:ViT-B-32'"]
 
 
+def demo_missing_images(tmp: Path):
+    return ["-m", "evaluation.demo", "--model", "some_model", "--images", "photos/"], \
+        ["--images photos/", "no such folder or file"]
+
+
 def config_with_a_bad_key(tmp: Path):
     (tmp / "run.yaml").write_text("variant: mobileclip-tiny\nlearning_rat: 0.001\n")
     return ["-m", "training.train", "--config", "run.yaml"], ["run.yaml", "learning_rat", "learning_rate"]
@@ -150,6 +155,7 @@ CASES = {  # case: (the entry point it drives, the bad input)
     "aro": ("evaluation.aro", missing_aro_root),
     "latency": ("evaluation.latency", unknown_variant("evaluation.latency", "--variant")),
     "model_zoo": ("evaluation.model_zoo", unknown_variant("evaluation.model_zoo", "--variants")),
+    "demo": ("evaluation.demo", demo_missing_images),
     "quickstart": ("training.quickstart", quickstart_bad_teacher),
     "train_module": ("training.train", config_with_a_bad_key),
     "train_script": ("training.train", train_script_missing_data),

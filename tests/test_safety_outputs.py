@@ -60,7 +60,7 @@ def test_folder_with_foreign_files_is_refused_and_overwrite_names_and_removes_th
     assert (output / "README.md").read_text() == "# my own notes\n"
     entry = run(output, models, *SMALL, "--overwrite", teachers=teacher(models), **ONE_TEACHER)
     assert entry["complete"] and entry["written"] == 3
-    assert "--overwrite: removing 2 file(s)" in capsys.readouterr().out
+    assert f"--overwrite: removing README.md, data from {output}" in capsys.readouterr().out
     assert "datacompdr" in (output / "README.md").read_text()
 
 
@@ -251,3 +251,37 @@ def test_an_atomic_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):
     with atomic_folder(folder) as staging:
         (staging / "weights.safetensors").write_text("new")
     assert os.listdir(tmp_path) == ["model"] and os.listdir(folder) == ["weights.safetensors"]
+
+
+@pytest.mark.slow
+def test_conversion_and_export_refuse_a_foreign_output_folder_unless_overwrite(golden_dir, tiny_model_dir, tmp_path,
+                                                                               capsys):
+    import torch
+
+    from model_helpers import golden_state_dict
+    from modeling_mobileclip.convert import main as convert_main
+    from modeling_mobileclip.export import main as export_main
+
+    checkpoint = tmp_path / "mobileclip_s0.pt"
+    torch.save(golden_state_dict(golden_dir, "s0"), checkpoint)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    argv = ["--source", "apple", "--variant", "mobileclip-s0", "--checkpoint", str(checkpoint), "--output", str(mine)]
+    with pytest.raises(ValueError, match=r"--output .*mine: it exists and is not a MobileCLIP folder.*--overwrite"):
+        convert_main(argv)
+    assert (mine / "notes.txt").read_text() == "keep"
+    convert_main(argv + ["--overwrite"])
+    assert not (mine / "notes.txt").exists() and (mine / "config.json").is_file()
+    assert f"--overwrite: removing notes.txt from {mine}" in capsys.readouterr().out
+    convert_main(argv)  # an earlier conversion is replaced without the flag
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "a.txt").write_text("keep")
+    export = ["--model", str(tiny_model_dir), "--format", "onnx", "--output", str(theirs), "--fidelity-samples", "0"]
+    with pytest.raises(ValueError, match=r"theirs: it exists and is not an earlier export.*--overwrite"):
+        export_main(export)
+    assert (theirs / "a.txt").read_text() == "keep"
+    export_main(export + ["--overwrite"])
+    assert (theirs / "manifest.json").is_file() and not (theirs / "a.txt").exists()

@@ -12,7 +12,6 @@ checkpoints, unless `overwrite_output_dir` is true (then it names what it remove
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +19,7 @@ import yaml
 
 from dataset_scripts.ownership import code_version
 from modeling_mobileclip.atomic import write_json_atomic
+from modeling_mobileclip.output_guard import guard_output_folder
 
 from .checkpointing import CONFIG_FILE, RESUME_INVARIANT_KEYS, list_checkpoints
 from .config import ConfigError
@@ -69,30 +69,19 @@ def output_conflicts(output_dir: Path, resolved: dict[str, Any], resuming: bool)
 
 def guard_output_dir(output_dir: Path, resolved: dict[str, Any], resuming: bool, overwrite: bool, is_main: bool,
                      barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> None:
-    """Refuse (or, with `overwrite`, clear) an `output_dir` holding another run; record this run's fingerprint.
-
-    Every process reaches the same verdict from the same files; only the main process removes and writes, and
-    with `overwrite` all processes meet at `barrier` so none reads the folder while it is being cleared.
-    """
-    reasons = output_conflicts(output_dir, resolved, resuming)
-    if reasons and not overwrite:
-        raise ConfigError(
-            f"output_dir {output_dir}: " + "; ".join(reasons) + ". Use another output_dir, restore the settings "
-            "of the run it holds, or set overwrite_output_dir: true (--overwrite_output_dir) to remove it first."
-        )
-    if reasons and is_main:
-        removed = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
-        tracker = resolved.get("project_name")
-        if tracker and (output_dir / tracker).is_dir():
-            removed.append(tracker)
-        log(f"overwrite_output_dir: removing {removed} from {output_dir} ({'; '.join(reasons)}).")
-        for name in removed:
-            target = output_dir / name
-            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-    if overwrite:
-        barrier()
-    if is_main:
-        write_json_atomic(output_dir / RUN_FINGERPRINT_FILE, run_fingerprint(resolved))
+    """Refuse (or, with `overwrite`, clear) an `output_dir` holding another run; record this run's fingerprint, through
+    the project's one output-folder guard (every process checks, the main process clears and records after all meet
+    at `barrier`)."""
+    tracker = resolved.get("project_name")
+    removable = [output_dir / name for name in (*RUN_OUTPUTS, *([tracker] if tracker else []))
+                 if (output_dir / name).exists()]
+    guard_output_folder(
+        output_dir, output_conflicts(output_dir, resolved, resuming), overwrite=overwrite, is_main=is_main,
+        how_to_proceed="Use another output_dir, restore the settings of the run it holds, or set "
+                       "overwrite_output_dir: true (--overwrite_output_dir) to remove it first.",
+        remove=removable, record=lambda: write_json_atomic(output_dir / RUN_FINGERPRINT_FILE, run_fingerprint(resolved)),
+        barrier=barrier, log=log, flag="overwrite_output_dir",
+        error=lambda message: ConfigError(f"output_dir {message}"))
 
 
 __all__ = ["RUN_FINGERPRINT_FILE", "guard_output_dir", "output_conflicts", "run_fingerprint"]

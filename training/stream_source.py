@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import datasets
@@ -159,10 +158,8 @@ def head_rows(source: StreamSource, count: int) -> tuple[list[Any], str]:
 def official_metadata(sample: dict[str, Any], config: TrainingConfig, shards: str):
     """Reinforcement metadata of Apple's shards (they have no card): DataCompDR's teachers unless `teachers` says
     otherwise, dims split equally, views recorded at 224 px; N and K from the first sample."""
-    options = SimpleNamespace(teachers=",".join(config.teachers or OFFICIAL_TEACHERS), teacher_dims=None,
-                              image_size=224, captioner=OFFICIAL_CAPTIONER, shards=shards,
-                              images=config.train_images)
-    return build_metadata(sample, options)
+    return build_metadata(sample, teachers=",".join(config.teachers or OFFICIAL_TEACHERS), teacher_dims=None,
+                          image_size=224, captioner=OFFICIAL_CAPTIONER, shards=shards, images=config.train_images)
 
 
 def prepare_stream(config: TrainingConfig, teacher_dims: list[int] | None = None) -> tuple[StreamSource, Any]:

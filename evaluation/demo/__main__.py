@@ -1,5 +1,7 @@
+"""`python -m evaluation.demo`: see `cli.py`."""
+
+from evaluation.demo.cli import main
 from modeling_mobileclip.cli import run_main
 
-from .cli import main
-
-run_main(main)
+if __name__ == "__main__":
+    run_main(main)

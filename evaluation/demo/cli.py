@@ -72,7 +72,12 @@ def parse_settings(argv: list[str] | None = None) -> DemoSettings:
 
 
 def load_models(settings: DemoSettings) -> list[DemoModel]:
-    """The encoders, and with --images the index of each (embedded once, then read from the cache)."""
+    """The encoders, and with --images the index of each (embedded once, then read from the cache). The image set
+    opens first: a wrong --images fails before any model loads."""
+    images = None
+    if settings.images:
+        images = open_image_set(settings.images, settings.images_split, settings.images_config,
+                                settings.caption_column)
     encoders = [open_encoder(spec, settings.reparameterize) for spec in settings.models]
     encoders += [open_encoder(spec) for spec in settings.onnx]
     seen: dict[str, int] = {}
@@ -80,10 +85,6 @@ def load_models(settings: DemoSettings) -> list[DemoModel]:
         seen[encoder.name] = seen.get(encoder.name, 0) + 1
         if seen[encoder.name] > 1:
             encoder.name = f"{encoder.name} #{seen[encoder.name]}"
-    images = None
-    if settings.images:
-        images = open_image_set(settings.images, settings.images_split, settings.images_config,
-                                settings.caption_column)
     return [DemoModel(encoder, ImageIndex(encoder, images, settings.cache_dir, progress=settings.progress)
                       if images is not None else None) for encoder in encoders]
 

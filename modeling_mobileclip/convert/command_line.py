@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> Path | list[Path]:
     parser.add_argument("--filename", default=None, help="the file inside a Hub repo (default: the repo's known file)")
     parser.add_argument("--text-checkpoint", default=None, help="text-tower weights for --source timm (file or repo)")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --output folder that holds anything but an earlier MobileCLIP folder")
     parser.add_argument("--reparameterize", action="store_true", help="fuse train-time branches before saving")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the folder to this model repo")
     parser.add_argument("--push-reparameterized", action="store_true",
@@ -66,13 +68,14 @@ def main(argv: list[str] | None = None) -> Path | list[Path]:
         outputs = []
         for spec, label in found:
             output = Path(args.output) / label
-            write_converted(convert(spec), output, reparameterize=args.reparameterize,
+            write_converted(convert(spec), output, reparameterize=args.reparameterize, overwrite=args.overwrite,
                             reparameterized_subfolder=args.push_reparameterized)
             print(f"Converted {spec} -> {output}")
             outputs.append(output)
         return outputs
     conversion = convert(args.checkpoint, args.source, args.variant, args.text_checkpoint, args.filename)
-    output = write_converted(conversion, args.output, args.push_to_hub, args.reparameterize, args.push_reparameterized)
+    output = write_converted(conversion, args.output, args.push_to_hub, args.reparameterize, args.push_reparameterized,
+                             args.overwrite)
     print(f"Wrote {conversion.variant} ({conversion.source}) to {output}")
     if args.push_to_hub:
         print(f"Pushed to {push_folder(output, args.push_to_hub, args.private or None, PUSH_MESSAGE)}")

@@ -4,6 +4,7 @@ folder with its card, written atomically (all of it or nothing)."""
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ..configuration_mobileclip import MobileCLIPConfig
 from ..model_card import build_model_card
 from ..model_folder import write_model_folder
 from ..modeling_mobileclip import MobileCLIPModel
+from ..output_guard import guard_output_folder
 from .checkpoint import SOURCES, CheckpointMismatchError, default_config, load_checkpoint
 from .key_maps import convert_state_dict, load_converted
 from .official import OfficialCheckpoint, detect_source, detect_variant, looks_like_repo_id, resolve_checkpoint
@@ -94,13 +96,28 @@ def model_card_for(conversion: Conversion, repo_id: str | None = None, reparamet
 PUSH_MESSAGE = "Upload MobileCLIP converted with modeling_mobileclip.convert"
 
 
+def earlier_conversion_conflicts(output: Path) -> list[str]:
+    """Why `output` may not be replaced by a conversion (empty: it is free, or an earlier MobileCLIP folder)."""
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return []
+    config = output / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("model_type") == MobileCLIPConfig.model_type:
+        return []
+    return ["it exists and is not a MobileCLIP folder (no config.json of model_type 'mobileclip')"]
+
+
 def write_converted(conversion: Conversion, output: str | Path, repo_id: str | None = None,
-                    reparameterize: bool = False, reparameterized_subfolder: bool = False) -> Path:
-    """Writes the folder (weights, code, processor, README.md card) atomically: all of it or nothing.
+                    reparameterize: bool = False, reparameterized_subfolder: bool = False,
+                    overwrite: bool = False) -> Path:
+    """Writes the folder (weights, code, processor, README.md card) atomically: all of it or nothing. An `output` that
+    holds anything but an earlier MobileCLIP folder is refused unless `overwrite` (the project's output-folder guard).
 
     `reparameterize`: the folder holds the fused form; `reparameterized_subfolder`: the train-time form plus a fused
     copy in `reparameterized/`.
     """
+    guard_output_folder(Path(output), earlier_conversion_conflicts(Path(output)), overwrite=overwrite,
+                        how_to_proceed="Choose a new --output, remove it, or pass --overwrite to replace it.",
+                        error=lambda message: ValueError(f"--output {message}"))
     model = copy.deepcopy(conversion.model).reparameterize() if reparameterize else conversion.model
     with atomic_folder(output) as staging:
         write_model_folder(model, staging, reparameterized_subfolder=reparameterized_subfolder,

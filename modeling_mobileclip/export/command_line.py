@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="saved MobileCLIP folder (with its processor) or Hub id")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output", required=True, help="output folder (replaced atomically)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --output folder that is not an earlier export")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--quantize", default=None, choices=["int8"], help="int8 quantization (ONNX)")
     parser.add_argument("--int8-mode", default=None, choices=QUANTIZE_MODES,
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; returns the manifest."""
     args = parse_args(argv)
     check_request(args.format, args.component, args.dtype, args.quantize, args.int8_mode, args.calibration, args.batch,
-                  args.opset, args.output, args.model)
+                  args.opset, args.output, args.model, args.overwrite)
     model, processor = load_exportable(args.model)
     calibration = None
     if args.calibration is not None:
@@ -81,4 +83,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                             args.calibration_split, args.calibration_image_column)
     return export(model, processor, args.output, args.format, args.component, args.dtype, args.quantize,
                   args.int8_mode, calibration, args.batch, args.opset, args.coreml_target, args.fidelity_samples,
-                  args.calibration_method, args.int8_target_cosine, source=args.model)
+                  args.calibration_method, args.int8_target_cosine, source=args.model, overwrite=args.overwrite)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_folder
+from ..output_guard import guard_output_folder
 from .calibration import calibration_inputs
 from .coreml_export import COREML_FP32_OPS, DEFAULT_COREML_TARGET, describe_coreml, export_coreml, run_coreml
 from .errors import ExportInputError
@@ -72,26 +73,29 @@ def check_options(format: str, component: str, dtype: str, quantize: str | None,
     return mode
 
 
-def check_output(output: Path, model_id: str | None) -> None:
-    """Refuses to replace a folder that is not an earlier export (e.g. the model folder itself)."""
+def check_output(output: Path, model_id: str | None, overwrite: bool = False) -> None:
+    """Refuses to replace a folder that is not an earlier export (the project's output-folder guard; `overwrite`
+    clears it), and the model folder itself whatever `overwrite` says."""
     if model_id and Path(model_id).exists() and output.resolve() == Path(model_id).resolve():
         raise ExportInputError(f"--output {output} is the model folder itself; choose another folder.")
     earlier_export = output.is_dir() and (not any(output.iterdir()) or (output / "manifest.json").is_file())
-    if output.exists() and not earlier_export:
-        raise ExportInputError(f"--output {output} exists and is not an earlier export (no manifest.json); "
-                               "choose a new folder or remove it.")
+    reasons = ["it exists and is not an earlier export (no manifest.json)"] if output.exists() and not earlier_export \
+        else []
+    guard_output_folder(output, reasons, overwrite=overwrite,
+                        how_to_proceed="Choose a new folder, remove it, or pass --overwrite to replace it.",
+                        error=lambda message: ExportInputError(f"--output {message}"))
 
 
 def check_request(format: str, component: str, dtype: str, quantize: str | None, int8_mode: str | None, calibration,
                   batch: str | int | None, opset: int, output: str | Path,
-                  source: str | None) -> tuple[str | None, int | None]:
+                  source: str | None, overwrite: bool = False) -> tuple[str | None, int | None]:
     """Every check of an export request that needs no model (the command line runs it before loading one); returns
     the int8 mode and the static batch size (None: dynamic)."""
     mode = check_options(format, component, dtype, quantize, int8_mode, calibration)
     if format == "onnx" and opset < MIN_OPSET:
         raise ExportInputError(f"--opset {opset}: torch.onnx's dynamo exporter writes opset {MIN_OPSET} or newer.")
     batch = parse_batch(batch)
-    check_output(Path(output), source)
+    check_output(Path(output), source, overwrite)
     return mode, batch
 
 
@@ -99,12 +103,12 @@ def export(model: nn.Module, processor, output: str | Path, format: str = "onnx"
            dtype: str = "float32", quantize: str | None = None, int8_mode: str | None = None, calibration=None,
            batch: str | int | None = "dynamic", opset: int = DEFAULT_OPSET, coreml_target: str = DEFAULT_COREML_TARGET,
            fidelity_samples: int = 200, calibration_method: str = "minmax", int8_target_cosine: float | None = None,
-           source: str | None = None, verbose: bool = True) -> dict[str, Any]:
+           source: str | None = None, verbose: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Exports `model` (a MobileCLIPModel, left untouched) with `processor` into the folder `output`; returns the
     manifest. `calibration` is a `CalibrationData` (see `calibration.load_calibration_data`). The folder appears
     complete or not at all (`modeling_mobileclip.atomic.atomic_folder`)."""
     mode, batch = check_request(format, component, dtype, quantize, int8_mode, calibration, batch, opset, output,
-                                source)
+                                source, overwrite)
     output = Path(output)
     say = print if verbose else (lambda *args, **kwargs: None)
     components = ["image", "text"] if component == "both" else [component]
