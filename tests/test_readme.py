@@ -61,6 +61,7 @@ BLOCKS = {
     "Metrics as `evaluate` modules | import evaluate": ("test_python_snippets", "`logits`, `labels`, `text_to_image_scores` and `image_index_of_each_text` (the reader's) -> small hand-checked arrays"),
     "Latency | python -m evaluation.latency": ("test_latency_commands", "`mobileclip-s2` -> `mobileclip-tiny`, `--runs 1 --warmup 0` (timing is benchmarks' job); the optional flags parsed; `path/to/model` holds mobileclip-tiny and `--device cuda` runs on cpu when no GPU is present"),
     "Example: the emoji set with a tiny trained model | accelerate launch training/train.py": ("test_example_block_names_the_preset_that_trains_it / test_example_emoji_evaluation", "the training command parsed as written (its comment states the preset's steps and batch), then run with `--max_steps 2` (the preset trains 50 steps); zero-shot as written, retrieval with `FIRST_256` (CI time)"),
+    "Demo | pip install -e": ("test_demo_commands", "the install: the `demo` extra is installed; each command parsed by the demo's own parser, then its models and image index built and the page assembled (not served: tests/test_demo_browser.py serves it in Chromium), with `runs/quickstart/students/*` and the Hub ids -> a mobileclip-tiny folder, `s0-onnx` -> that folder's ONNX export, `my_photos` -> 3 emoji PNGs, the emoji set -> its first 24 Noto rows (`--images-split train[:24]`, CI time); `--write-space` as written"),
     "Deploy | pip install -e": ("test_deploy_commands", "the install: the `export` extra is installed; `DIR_OR_ID` -> a mobileclip-tiny folder, `--fidelity-samples 16` (default 200)"),
     "Deploy | import json, sys": ("test_deploy_commands", "as written, saved as zero_shot_onnx.py and run with the README's own command line on the ONNX export (tests/test_export_deploy.py also checks its answers against PyTorch)"),
 }
@@ -492,6 +493,39 @@ def test_example_emoji_evaluation(workspace, example_run):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_demo_commands(workspace, tiny_model_dir, tmp_path):
+    from evaluation.demo.cli import load_models, main as demo_main, parse_settings
+    from evaluation.demo.app import build_app
+    from modeling_mobileclip.export import main as export_main
+
+    install, students, onnx, space = commands("Demo | pip install -e")
+    assert install == ["pip", "install", "-e", ".[demo]"] and installed("demo")
+    export_main(["--model", str(tiny_model_dir), "--format", "onnx", "--output", str(tmp_path / "s0-onnx"),
+                 "--fidelity-samples", "0"])
+    photos = tmp_path / "my_photos"
+    photos.mkdir()
+    for index, row in enumerate(emoji_rows(3)):
+        row["image"].save(photos / f"{index}.png")
+    models = {"runs/quickstart/students/clip": tiny_model_dir, "runs/quickstart/students/reinforced": tiny_model_dir,
+              "apple/MobileCLIP-S0": tiny_model_dir, "s0-onnx": tmp_path / "s0-onnx", "my_photos": photos}
+    for command in (students, onnx):
+        assert command[:3] == ["python", "-m", "evaluation.demo"]
+        settings = parse_settings(replaced(command, {k: v for k, v in models.items() if k in command})[3:])
+        settings.cache_dir, settings.progress = str(tmp_path / "cache"), False
+        if settings.images_config == "google":
+            settings.images_split = "train[:24]"
+        with contextlib.chdir(workspace):
+            served = load_models(settings)
+        assert len(served) == len(settings.models) + len(settings.onnx) and all(m.index is not None for m in served)
+        assert len(served[0].index.embeddings) == (24 if settings.images_config else 3)
+        build_app(served, settings.template, settings.labels, settings.top_k)
+    with contextlib.chdir(tmp_path):
+        folder = demo_main(space[3:])
+    assert folder == Path("mobileclip-space") and (tmp_path / folder / "app.py").is_file()
+    assert "apple/MobileCLIP-S2" in (tmp_path / folder / "README.md").read_text()
+
+
 def test_deploy_commands(workspace, tiny_model_dir):
     install, *exports = commands("Deploy | pip install -e")
     assert install == ["pip", "install", "-e", ".[export]"] and installed("export")
