@@ -42,7 +42,7 @@ from modeling_mobileclip.cli import run_main
 
 from .common import (
     DATA_DIR, EvaluationConfig, EvaluationInputError, add_trust_remote_code_argument, build_dataloader,
-    encode_images, encode_texts, load_model_and_processor, make_accelerator, preprocess_images, progress,
+    encode_images, encode_texts, load_evaluated_model, make_accelerator, preprocess_images, progress,
     report_results, tokenize
 )
 
@@ -249,7 +249,7 @@ def aro_evaluation(settings: AROConfig) -> dict:
     """Score `settings.model` on one ARO task, print (and with `output` write) the metrics; return them."""
     accelerator = make_accelerator(settings.cpu)
     cases = load_cases(settings.task, settings.root, seed=settings.seed)
-    model, processor = load_model_and_processor(settings.model, accelerator, settings.trust_remote_code)
+    model, processor = load_evaluated_model(settings.model, accelerator, settings.trust_remote_code)
     scores = score_cases(model, processor, cases, accelerator, settings.batch_size, settings.num_workers)
     metrics = aro_metrics(settings.task, cases, scores)
     report_results(accelerator, model, f"ARO {settings.task} ({len(cases)} cases):", metrics,

@@ -71,7 +71,7 @@ def make_accelerator(cpu: bool = False) -> Accelerator:
     return Accelerator(cpu=cpu)
 
 
-def load_model_and_processor(model_id: str, accelerator: Accelerator,
+def load_evaluated_model(model_id: str, accelerator: Accelerator,
                              trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
     """The project's one loader (:func:`modeling_mobileclip.loading.load_model_and_processor`), on the accelerator's
     device, for a CLIP model with `encode_image` / `encode_text`."""

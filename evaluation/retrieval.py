@@ -26,7 +26,7 @@ from modeling_mobileclip.cli import run_main
 
 from .common import (
     EvaluationConfig, IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, gather_ragged,
-    load_metric, load_model_and_processor, make_accelerator, preprocess_images, progress, report_results,
+    load_metric, load_evaluated_model, make_accelerator, preprocess_images, progress, report_results,
     row_images, tokenize
 )
 from .datasets_io import (
@@ -139,7 +139,7 @@ def retrieval_evaluation(settings: RetrievalConfig) -> dict:
     accelerator = make_accelerator(settings.cpu)
     loaded = load_eval_dataset_once(accelerator, settings.dataset, settings.split, settings.config)
     prepared = prepare_retrieval(loaded, settings.image_column, settings.caption_column)
-    model, processor = load_model_and_processor(settings.model, accelerator, settings.trust_remote_code)
+    model, processor = load_evaluated_model(settings.model, accelerator, settings.trust_remote_code)
     result = evaluate_retrieval(
         model, processor, loaded, accelerator, recall_k=settings.recall_k, batch_size=settings.batch_size,
         num_workers=settings.num_workers, prepared=prepared,

@@ -33,7 +33,7 @@ from modeling_mobileclip.cli import run_main
 
 from .common import (
     EvaluationConfig, EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts,
-    evaluation_parser, load_model_and_processor, make_accelerator, model_name, preprocess_images, progress,
+    evaluation_parser, load_evaluated_model, make_accelerator, model_name, preprocess_images, progress,
     results_record, tokenize, write_json
 )
 from .datasets_io import EvalDataset, load_eval_dataset, require_columns
@@ -301,7 +301,7 @@ def suite_evaluation(settings: SuiteConfig) -> SuiteReport:
     accelerator = make_accelerator(settings.cpu)
     output_dir = Path(settings.output_dir or Path("eval_results") / Path(settings.model.rstrip("/")).name
                       / settings.suite)
-    model, processor = load_model_and_processor(settings.model, accelerator, settings.trust_remote_code)
+    model, processor = load_evaluated_model(settings.model, accelerator, settings.trust_remote_code)
     report = run_suite(model, processor, settings.model, tasks, accelerator, output_dir, settings.data_root,
                        not settings.no_hub, settings.batch_size, settings.num_workers)
     if accelerator.is_main_process:

@@ -29,7 +29,7 @@ from modeling_mobileclip.cli import run_main
 
 from .common import (
     EvaluationConfig, EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts,
-    evaluation_parser, load_metric, load_model_and_processor, make_accelerator, preprocess_images, progress,
+    evaluation_parser, load_metric, load_evaluated_model, make_accelerator, preprocess_images, progress,
     report_results, row_images, tokenize
 )
 from .datasets_io import (
@@ -242,7 +242,7 @@ def zero_shot_evaluation(settings: ZeroShotConfig) -> dict:
     templates = read_templates(settings.templates) if settings.templates else None
     loaded = load_eval_dataset_once(accelerator, settings.dataset, settings.split, settings.config)
     task = prepare_zero_shot(loaded, settings.image_column, settings.label_column, classnames, templates)
-    model, processor = load_model_and_processor(settings.model, accelerator, settings.trust_remote_code)
+    model, processor = load_evaluated_model(settings.model, accelerator, settings.trust_remote_code)
     result = run_zero_shot(model, processor, task, accelerator, settings.batch_size, settings.num_workers)
     headline = (f"Zero-shot classification of {settings.dataset} ({len(result.targets)} images, "
                 f"{result.logits.shape[1]} classes):")

@@ -84,14 +84,15 @@ DEFAULT_ROWS = {
     "mobileclip2-l-14": "MobileCLIP2-L/14",
 }
 
-# What our tests measure against the source implementations (tests/test_parity_official.py, random/golden weights).
+# What our tests measure against the source implementations (tests/modeling/test_parity_official.py, random/golden
+# weights).
 PARITY = {
-    "apple": "Apple's `mobileclip` code (golden input/output files, tests/test_parity_official.py): image and text "
-             "embeddings within 1e-5 (absolute and relative), train-time and reparameterized.",
-    "open_clip": "open_clip 3.3.0 (`open_clip.create_model`, tests/test_parity_official.py): image and text "
-                 "embeddings within 1e-5 maximum relative error, train-time and reparameterized.",
-    "timm": "timm 1.0.31 image tower (tests/test_parity_official.py): image embeddings within 1e-5 maximum relative "
-            "error; the text tower as for its Apple/open_clip checkpoint.",
+    "apple": "Apple's `mobileclip` code (golden input/output files, tests/modeling/test_parity_official.py): image "
+             "and text embeddings within 1e-5 (absolute and relative), train-time and reparameterized.",
+    "open_clip": "open_clip 3.3.0 (`open_clip.create_model`, tests/modeling/test_parity_official.py): image and "
+                 "text embeddings within 1e-5 maximum relative error, train-time and reparameterized.",
+    "timm": "timm 1.0.31 image tower (tests/modeling/test_parity_official.py): image embeddings within 1e-5 maximum "
+            "relative error; the text tower as for its Apple/open_clip checkpoint.",
 }
 
 _RESULT_ROWS = [

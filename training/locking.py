@@ -4,7 +4,7 @@ A locked parameter gets `requires_grad=False` before the optimizer is built: it 
 state (`training.train.parameter_groups` skips it) and stays bit-identical, as LiT (locked-image tuning,
 arXiv:2111.07991) needs. Each tower is split into ordered groups, first to last; `*_unlocked_groups` /
 `*_unlocked_layers` = N leaves the last N groups trainable. The groups are open_clip's, so the same flags train the
-same parameters here and in open_clip (tests/test_train_locking.py checks this against open_clip itself):
+same parameters here and in open_clip (tests/training/test_train_locking.py checks this against open_clip itself):
 
 - Image tower. open_clip builds every MobileCLIP image tower as a timm trunk whose classifier is the projection
   (`timm_proj: null`), and `TimmModel.lock` groups the trunk's parameters with timm's fine `group_matcher`. Our

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from modeling_mobileclip.loading import load_model_and_processor
+from modeling_mobileclip.model_folder import REPARAMETERIZED_SUBFOLDER
 
 from .encoders import Encoder, rgb_on_white
 
@@ -34,7 +35,7 @@ class TorchEncoder(Encoder):
             model = model.reparameterize()
         self.model = model.eval()
         path = Path(model_id)
-        self.name = f"{path.parent.name}/{path.name}" if path.name == "reparameterized" else path.name or model_id
+        self.name = f"{path.parent.name}/{path.name}" if path.name == REPARAMETERIZED_SUBFOLDER else path.name or model_id
         scale = getattr(model, "logit_scale", None)
         scale_max = getattr(getattr(model, "config", None), "logit_scale_max", 100.0)
         self.logit_scale = float(scale.detach().exp().clamp(max=scale_max)) if scale is not None else 100.0

@@ -7,6 +7,7 @@ reinforced student's curve reaches the plain student's final score (linear inter
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ from matplotlib.figure import Figure
 
 from modeling_mobileclip.atomic import atomic_path
 
-from .settings import (CURVES_FILE, MODES, PLOT_FILE, PRIMARY_METRIC, PRIMARY_SET, STUDENT_VARIANT, STYLE_NAMES,
-                       UNSEEN_STYLE)
+from .settings import (CURVES_FILE, EMOJI_DIR, MODES, PLOT_FILE, PRIMARY_METRIC, PRIMARY_SET, STUDENT_VARIANT,
+                       STYLE_NAMES, TEMPLATES, UNSEEN_STYLE)
 
 
 REPORT_METRICS = [
@@ -92,8 +93,24 @@ def format_report(curves: dict[str, Any], factor: dict[str, Any], output_dir: Pa
         f"{_display_path(output_dir / 'students' / 'reinforced')}",
         f"Learning curves: {_display_path(output_dir / CURVES_FILE)}",
         f"Plot: {_display_path(output_dir / PLOT_FILE)}",
+        "",
+        f"See them in a browser, on the {STYLE_NAMES[UNSEEN_STYLE]} emoji the students never saw "
+        "(pip install -e \".[demo]\"):",
+        "  " + demo_command(output_dir),
     ]
     return "\n".join(lines)
+
+
+def demo_command(output_dir: Path) -> str:
+    """The `python -m evaluation.demo` line that compares both students (and the quickstart's own teacher, when it
+    trained one) on the unseen style, with the names template the curves score."""
+    models = [output_dir / "students" / mode for mode in MODES]
+    if (output_dir / "teacher" / "model").is_dir():
+        models.append(output_dir / "teacher" / "model")
+    words = ["python", "-m", "evaluation.demo", *[w for m in models for w in ("--model", _display_path(m))],
+             "--images", _display_path(EMOJI_DIR), "--images-config", UNSEEN_STYLE,
+             "--template", TEMPLATES["names"]]
+    return shlex.join(words)
 
 
 def format_factor(factor: float) -> str:

@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from evaluation import retrieval
-from evaluation.common import evaluation_parser, load_model_and_processor
+from evaluation.common import evaluation_parser, load_evaluated_model
 from modeling_mobileclip.loading import RemoteCodeError
 
 
@@ -80,7 +80,7 @@ def test_mobileclip_folders_load_with_our_classes_never_their_copied_code(folder
     assert marker.exists()
     assert trusted == plain
 
-    model, _ = load_model_and_processor(str(ours), Accelerator(cpu=True))
+    model, _ = load_evaluated_model(str(ours), Accelerator(cpu=True))
     assert type(model) is MobileCLIPModel
 
 

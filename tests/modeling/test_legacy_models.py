@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 from modeling_mobileclip import MobileCLIPModel
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "legacy_models"
+from conftest import REPO_ROOT
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "legacy_models"
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_reparameterized"])

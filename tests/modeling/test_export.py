@@ -7,7 +7,7 @@ Random weights with BatchNorm statistics and layer scales perturbed (`perturb_`)
 fast loop keeps one export of the dev variant through the CLI, the bad requests and the atomic output; the other
 dev-variant exports (fp16, int8, Core ML: 10-25 s each) and the full-size variants (the issue's 1e-4 criterion on
 mobileclip-s0/-s2/-b and mobileclip2-s0) are `slow`. Zero-shot agreement needs a model whose answers mean
-something: tests/test_export_deploy.py trains one.
+something: tests/modeling/test_export_deploy.py trains one.
 """
 
 import json

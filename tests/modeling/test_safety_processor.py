@@ -21,8 +21,10 @@ from PIL import Image
 from modeling_mobileclip.configuration_mobileclip import variant_preset
 from modeling_mobileclip.processing_mobileclip import MobileCLIPImageProcessor, MobileCLIPProcessor
 
+from conftest import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 VARIANT = "mobileclip2-s0"  # bilinear at 256, no mean/std: the plainest open_clip transform
 OPEN_CLIP_NAME = ("MobileCLIP2-S0", "dfndr2b")
 

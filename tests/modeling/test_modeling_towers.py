@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForZeroShotImageClassification, pipeline
 
-from conftest import subprocess_env
+from conftest import REPO_ROOT, subprocess_env
 from model_helpers import perturb_
 from modeling_mobileclip import (
     MobileCLIPConfig,
@@ -28,7 +28,7 @@ from modeling_mobileclip import (
 from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 
 SOT, EOT = 49406, 49407
-LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_models"
+LEGACY = REPO_ROOT / "tests" / "fixtures" / "legacy_models"
 
 
 def make_inputs(config: MobileCLIPConfig, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ curves and with `clip_benchmark`'s and scikit-learn's own functions; a rerun reu
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import datasets
@@ -124,6 +125,16 @@ def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelera
     assert match, last
     assert float(match.group(1)) == pytest.approx(curves["factor"]["factor"], abs=0.005)
     assert "names top-5" in printed and str(Path(PLOT_FILE)) in printed
+    # The demo command printed before it compares both students and the teacher on the unseen (Noto) style; the
+    # demo's own parser reads it and every folder it names is a saved model.
+    from evaluation.demo.cli import parse_settings
+
+    demo_line = next(line.strip() for line in printed.splitlines() if "-m evaluation.demo" in line)
+    demo = parse_settings(shlex.split(demo_line)[3:])
+    assert [Path(m).resolve() for m in demo.models] == [(output / p).resolve() for p in (
+        "students/clip", "students/reinforced", "teacher/model")]
+    assert all((Path(m) / "config.json").is_file() for m in demo.models)
+    assert (demo.images_config, demo.template) == ("google", TEMPLATES["names"]) and Path(demo.images).is_dir()
 
     # Curves: both students at the same steps (the shared initialisation first, the final step last).
     saved = json.loads((output / "learning_curves.json").read_text())

@@ -21,6 +21,7 @@ from PIL import Image  # noqa: E402
 from dataset_scripts.augmentation import AugmentationParams  # noqa: E402
 from dataset_scripts.convert_official import main as convert_main  # noqa: E402
 from dataset_scripts.dr_format import load_reinforcement_metadata  # noqa: E402
+from conftest import REPO_ROOT  # noqa: E402
 from dataset_scripts.official import (  # noqa: E402
     OFFICIAL_TEACHERS,
     ShardReadError,
@@ -182,7 +183,7 @@ def test_malformed_members_are_reported(tmp_path):
 
 # ------------------------------------------------------------------------ joining img2dataset image shards by uid
 
-EMOJI = Path(__file__).resolve().parents[1] / "dataset_scripts" / "data" / "emoji" / "google.parquet"
+EMOJI = REPO_ROOT / "dataset_scripts" / "data" / "emoji" / "google.parquet"
 # Reinforcement shard -> its uids in the shard's order, and the order img2dataset happened to write them in
 # (download order, not the shard's). c0ffee02's download failed: its image shard has no sample for it.
 REINFORCEMENT_UIDS = {"00000000": ["c0ffee00", "c0ffee01", "c0ffee02", "c0ffee03"],
