@@ -16,7 +16,6 @@ Goal: a text query answers in under 50 ms after indexing.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
@@ -27,20 +26,11 @@ from sklearn.neighbors import NearestNeighbors
 
 from evaluation.demo.image_index import ImageIndex, ImageSet
 from evaluation.demo.torch_encoder import TorchEncoder
+from evaluation.model_zoo import median_ms
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel, MobileCLIPProcessor
 from modeling_mobileclip.model_folder import write_model_folder
 
 EMOJI = "dataset_scripts/data/emoji"
-
-
-def median_ms(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
 from dataset_scripts.dataset_specs import FILE_BUILDERS, IMAGE_EXTENSIONS, file_builder, open_dataset
-from .common import DATA_DIR, EvaluationInputError
+from .common import DATA_DIR, EvaluationConfig, EvaluationInputError
 
 
 @dataclass
@@ -73,6 +73,19 @@ def load_eval_dataset(spec: str, split: str = "test", config: str | None = None)
             raise EvaluationInputError(f"{spec} has no split {split!r} ({error}). Pass --split.") from error
         raise
     return _checked(EvalDataset(dataset, spec), split)
+
+
+@dataclass(kw_only=True)
+class DatasetEvaluationConfig(EvaluationConfig):
+    """`EvaluationConfig` plus `add_dataset_arguments`' options, an image column and the result file: the settings the
+    zero-shot and retrieval commands share."""
+
+    dataset: str
+    config: str | None = None
+    """The dataset's configuration name."""
+    split: str = "test"
+    image_column: str | None = None
+    output: str | None = None
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:

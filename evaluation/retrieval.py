@@ -25,12 +25,13 @@ from accelerate import Accelerator
 from modeling_mobileclip.cli import run_main
 
 from .common import (
-    EvaluationConfig, IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, gather_ragged,
+    IndexedRows, build_dataloader, encode_images, encode_texts, evaluation_parser, gather_ragged,
     load_metric, load_evaluated_model, make_accelerator, preprocess_images, progress, report_results,
     row_images, tokenize
 )
 from .datasets_io import (
-    EvalDataset, add_dataset_arguments, captions_of, load_eval_dataset_once, require_columns, require_image_column
+    DatasetEvaluationConfig, EvalDataset, add_dataset_arguments, captions_of, load_eval_dataset_once,
+    require_columns, require_image_column
 )
 
 
@@ -121,17 +122,11 @@ def evaluate_retrieval(model: torch.nn.Module, processor: Any, loaded: EvalDatas
 
 
 @dataclass(kw_only=True)
-class RetrievalConfig(EvaluationConfig):
+class RetrievalConfig(DatasetEvaluationConfig):
     """One field per command-line option, with the same defaults."""
 
-    dataset: str
-    config: str | None = None
-    """The dataset's configuration name."""
-    split: str = "test"
-    image_column: str | None = None
     caption_column: str | None = None
     recall_k: list[int] = field(default_factory=lambda: [1, 5, 10])
-    output: str | None = None
 
 
 def retrieval_evaluation(settings: RetrievalConfig) -> dict:

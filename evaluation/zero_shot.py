@@ -28,13 +28,13 @@ from accelerate import Accelerator
 from modeling_mobileclip.cli import run_main
 
 from .common import (
-    EvaluationConfig, EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts,
+    EvaluationInputError, IndexedRows, build_dataloader, encode_images, encode_texts,
     evaluation_parser, load_metric, load_evaluated_model, make_accelerator, preprocess_images, progress,
     report_results, row_images, tokenize
 )
 from .datasets_io import (
-    EvalDataset, add_dataset_arguments, check_templates, class_prompts, label_indices, load_eval_dataset_once,
-    read_classnames, read_templates, require_columns, require_image_column
+    DatasetEvaluationConfig, EvalDataset, add_dataset_arguments, check_templates, class_prompts, label_indices,
+    load_eval_dataset_once, read_classnames, read_templates, require_columns, require_image_column
 )
 
 
@@ -220,19 +220,13 @@ def evaluate_zero_shot(
 
 
 @dataclass(kw_only=True)
-class ZeroShotConfig(EvaluationConfig):
+class ZeroShotConfig(DatasetEvaluationConfig):
     """One field per command-line option, with the same defaults."""
 
-    dataset: str
-    config: str | None = None
-    """The dataset's configuration name."""
-    split: str = "test"
     classnames: str | None = None
     classnames_key: str | None = None
     templates: str | None = None
-    image_column: str | None = None
     label_column: str | None = None
-    output: str | None = None
 
 
 def zero_shot_evaluation(settings: ZeroShotConfig) -> dict:
