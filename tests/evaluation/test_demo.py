@@ -138,3 +138,20 @@ print(json.dumps({{"images": images.tolist(), "texts": texts.tolist(), "scale": 
                                atol=1e-4)
     np.testing.assert_allclose(served["texts"], encoder.encode_texts(["an emoji of a cat", "a dog"]), atol=1e-4)
     assert served["scale"] == pytest.approx(encoder.logit_scale, rel=1e-6)
+
+
+def test_a_reparameterized_subfolder_serves_the_same_embeddings(tmp_path, emoji_images):
+    from evaluation.demo.encoders import open_encoder
+    from modeling_mobileclip import MobileCLIPConfig
+    from modeling_mobileclip.model_folder import REPARAMETERIZED_SUBFOLDER, write_model_folder
+
+    torch.manual_seed(1)
+    model = MobileCLIPModel(MobileCLIPConfig.from_variant("mobileclip-tiny")).eval()
+    folder = write_model_folder(model, tmp_path / "tiny", reparameterized_subfolder=True)
+    served = {name: open_encoder(str(path), reparameterize=False) for name, path in
+              {"train-time": folder, "fused": folder / REPARAMETERIZED_SUBFOLDER}.items()}
+    assert served["fused"].name == f"tiny/{REPARAMETERIZED_SUBFOLDER}"
+    images, texts = [emoji_images[i]["image"] for i in (1, 2)], ["an emoji of a cat", "a dog"]
+    for encode, inputs in (("encode_images", images), ("encode_texts", texts)):
+        fused, train_time = (getattr(served[name], encode)(inputs) for name in ("fused", "train-time"))
+        np.testing.assert_allclose(fused, train_time, atol=1e-5)
