@@ -82,6 +82,9 @@ class StreamSource:
                     yield from (features.decode_example(row) for row in table.to_pylist())
 
     def _webdataset_rows(self, path: str) -> Iterator[dict[str, Any]]:
+        # Our tar reader, not `datasets`' webdataset builder (which evaluation's CLIP_benchmark mirrors go through):
+        # the builder refuses a whole shard when one sample lacks a member ("don't share the same prefix or the same
+        # types"), where a training stream skips that one sample (tests/training/test_train_streaming.py).
         for _, members in iter_tar_samples(path):
             image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
             if image is None or "txt" not in members:

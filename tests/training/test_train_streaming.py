@@ -294,3 +294,62 @@ def test_streaming_is_automatic_for_tar_patterns_and_hub_ids_only(sharded):
     assert streams("apple/DataCompDR-12M")  # not a local path: a Hub dataset id
     assert not streams(str(sharded)) and not streams(str(sharded / "data" / "train-00000.parquet"))
     assert not streams("apple/DataCompDR-12M", streaming=False) and streams(str(sharded), streaming=True)
+
+
+def write_plain_webdataset(root: Path, rows: int = 9, per_shard: int = 4) -> None:
+    """Plain image + caption tars as `webdataset.ShardWriter` writes them; sample 5 has no caption."""
+    import io
+
+    import datasets
+    import webdataset
+
+    from conftest import EMOJI
+
+    emoji = datasets.load_dataset(str(EMOJI), "twitter", split=f"train[:{rows}]")
+    root.mkdir(parents=True)
+    with webdataset.ShardWriter(str(root / "%05d.tar"), maxcount=per_shard) as sink:
+        for index, row in enumerate(emoji):
+            png = io.BytesIO()
+            row["image"].save(png, "PNG")
+            sink.write({"__key__": f"{index:04d}", "png": png.getvalue(),
+                        **({"txt": row["name"]} if index != 5 else {})})
+
+
+def test_plain_webdataset_shards_stream_as_the_webdataset_library_reads_them(tmp_path):
+    import numpy as np
+    import webdataset
+
+    from training.stream_source import resolve_source
+
+    write_plain_webdataset(tmp_path / "plain")
+    source = resolve_source(stream_config(f"{tmp_path / 'plain'}/*.tar", mode="clip"), plain=True)
+    assert source.kind == "webdataset" and len(source.shards) == 3
+    rows = [row for index in range(len(source.shards)) for row in source.rows(index, {})]
+    expected = [sample for shard in source.shards
+                for sample in webdataset.WebDataset(shard, shardshuffle=False).decode("pil") if "txt" in sample]
+    assert len(rows) == len(expected) == 8  # the sample without a caption is skipped
+    assert [row["caption"] for row in rows] == [sample["txt"] for sample in expected]
+    for row, sample in zip(rows, expected):
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(sample["png"].convert("RGB")))
+
+
+@pytest.mark.slow
+def test_plain_webdataset_shards_train_directly(tmp_path, fresh_accelerate_state):
+    from training.train import main
+
+    write_plain_webdataset(tmp_path / "plain")
+    result = main(["--variant", "mobileclip-tiny", "--mode", "clip", "--mixed_precision", "no", "--report_to", "none",
+                   "--num_workers", "0", "--train_data", f"{tmp_path / 'plain'}/*.tar", "--global_batch_size", "4",
+                   "--max_steps", "3", "--warmup_steps", "1", "--save_steps", "0", "--output_dir",
+                   str(tmp_path / "out")])
+    assert result.step == 3 and all(torch.isfinite(torch.tensor(row["loss"])) for row in result.history)
+
+
+def test_why_streams_read_plain_shards_with_our_reader(tmp_path):
+    """`datasets`' webdataset builder (evaluation's reader of CLIP_benchmark mirrors) refuses a whole shard in which
+    one sample lacks a member; the stream above skips that one sample. When this fails, one reader can serve both."""
+    from dataset_scripts.dataset_specs import open_dataset
+
+    write_plain_webdataset(tmp_path / "plain")
+    with pytest.raises(ValueError, match="same prefix or the same types"):
+        list(open_dataset(str(tmp_path / "plain" / "00001.tar"), "train", streaming=True))
