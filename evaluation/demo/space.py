@@ -62,10 +62,11 @@ from the mobileclip-hf project; `app.py` lists the models and options.
 
 def runtime_requirements(onnx: bool) -> list[str]:
     """This package's requirements without extras, plus Gradio (and onnxruntime when ONNX exports are served)."""
-    requirements = [r for r in importlib.metadata.requires(DISTRIBUTION) or [] if "extra ==" not in r]
+    declared = importlib.metadata.requires(DISTRIBUTION) or []
+    requirements = [r for r in declared if "extra ==" not in r]
     requirements.append(f"gradio>={gradio.__version__}")
     if onnx:
-        requirements += [r.split(";")[0].strip() for r in importlib.metadata.requires(DISTRIBUTION) or []
+        requirements += [r.split(";")[0].strip() for r in declared
                          if r.startswith("onnxruntime") and 'extra == "export"' in r]
     return requirements
 
