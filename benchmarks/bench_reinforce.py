@@ -7,7 +7,10 @@ Builds a synthetic image-text source (photo-like JPEGs, 360-640 px) and measures
   * ours: the full pipeline (`dataset_scripts.reinforce`: decode, record + replay N augmentations, captioner,
     teachers, float16 Parquet writing), with its own timing of teacher and captioner forward passes;
   * peer: the same teachers alone on ready-made uint8 views and captions of the same batch shapes, i.e. the
-    throughput of a pipeline with zero data-handling overhead.
+    throughput of a pipeline with zero data-handling overhead;
+  * the teachers alone in their train-time form (`load_teachers(..., fuse=False)`), what the pipeline ran before
+    teachers were fused: the fused/train-time ratio is the gain of fusing (about 1 for a ViT, which has nothing to
+    fuse; a MobileCLIP teacher such as `open_clip:MobileCLIP2-S0:none` gains its image tower's ratio).
 Goal on a GPU: teacher share >= 85% (ours/peer close to 1): the pipeline must not be the bottleneck.
 GPU example (random weights cost the same as released ones):
     python -m benchmarks.bench_reinforce --teachers open_clip:ViT-L-14:none,open_clip:ViT-L-14:none \
@@ -45,9 +48,9 @@ def build_source(path: Path, samples: int) -> None:
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
 
 
-def teachers_alone(specs: list[str], args, device: torch.device) -> float:
+def teachers_alone(specs: list[str], args, device: torch.device, fuse: bool = True) -> float:
     """Samples/s of the teachers on prepared inputs with the pipeline's batch shapes."""
-    teachers = load_teachers(specs, device, reinforce.DTYPES[args.dtype])
+    teachers = load_teachers(specs, device, reinforce.DTYPES[args.dtype], fuse=fuse)
     views = torch.randint(0, 256, (args.batch_size * args.num_augmentations, 3, args.image_size, args.image_size),
                           dtype=torch.uint8)
     texts = [f"a photo of a red bicycle number {i} parked next to a wooden bench"
@@ -97,7 +100,9 @@ def main(argv=None):
         entry = reinforce.reinforce(config)
         end_to_end = time.perf_counter() - start
         timing = entry["timing"]
-        peer = teachers_alone([s for s in args.teachers.split(",") if s], args, device)
+        specs = [s for s in args.teachers.split(",") if s]
+        peer = teachers_alone(specs, args, device)
+        train_time = teachers_alone(specs, args, device, fuse=False)
     ours = timing["samples_per_s"]
     print(json.dumps({"device": str(device), "teachers": args.teachers, "captioner": args.captioner,
                       "N": args.num_augmentations, "K": args.num_synthetic_captions, "batch": args.batch_size,
@@ -106,6 +111,8 @@ def main(argv=None):
     print(f"  teacher forward share of wall time: {timing['teacher_share']:.1%}   "
           f"teachers+captioner: {timing['model_share']:.1%}")
     print(f"peer (teachers alone, same shapes): {peer:8.1f} samples/s   ours/peer = {ours / peer:.2f}")
+    print(f"teachers alone in the train-time form: {train_time:8.1f} samples/s   fused/train-time = "
+          f"{peer / train_time:.2f}")
 
 
 if __name__ == "__main__":

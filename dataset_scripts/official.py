@@ -24,12 +24,10 @@ import contextlib
 import gzip
 import io
 import json
-import lzma
 import os
 import re
 import tarfile
 import warnings
-import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Iterator, MutableMapping, Sequence
 
@@ -39,6 +37,7 @@ import torch
 
 from .augmentation import AugmentationParams
 from .dataset_specs import IMAGE_EXTENSIONS
+from .tar_shards import TAR_READ_ERRORS, ShardReadError, iter_tar_samples, shard_read_error, split_member_name
 
 
 # DataCompDR-12M / -1B teachers, in the order of Apple's training config (mobileclip.md §8; order unverified).
@@ -47,48 +46,6 @@ OFFICIAL_TEACHER_DIMS = (768, 768)
 OFFICIAL_CAPTIONER = "open_clip:coca_ViT-L-14:mscoco_finetuned_laion2b_s13b_b90k"
 MISSING_IMAGE = "missing_image"
 SHOWN = 5  # shard names listed in one message; the rest are counted
-# What a missing, truncated or corrupt (possibly compressed) tar raises while it is read.
-_TAR_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
-
-
-class ShardReadError(ValueError):
-    """A shard could not be opened or read as a tar (missing, truncated, corrupt); the message names the shard."""
-
-
-def _shard_read_error(shard: str, error: BaseException) -> ShardReadError:
-    return ShardReadError(f"Cannot read tar shard {shard!r}: {type(error).__name__}: {error}")
-
-
-def _split_member_name(name: str) -> tuple[str, str]:
-    # WebDataset convention: the key is the path up to the first dot of the file name.
-    directory, _, filename = name.rpartition("/")
-    stem, _, extension = filename.partition(".")
-    return (f"{directory}/{stem}" if directory else stem), extension.lower()
-
-
-def iter_tar_samples(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream `(key, {extension: bytes})` groups from one tar shard (local path or fsspec URL).
-
-    A shard that cannot be read raises `ShardReadError` naming it (after the groups read before the damage).
-    """
-    try:
-        with fsspec.open(shard, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
-            key, members = None, {}
-            for member in archive:
-                if not member.isfile():
-                    continue
-                member_key, extension = _split_member_name(member.name)
-                if member_key != key and members:
-                    yield key, members
-                    members = {}
-                key = member_key
-                members[extension] = archive.extractfile(member).read()
-            if members:
-                yield key, members
-    except _TAR_READ_ERRORS as error:
-        raise _shard_read_error(shard, error) from error
-
-
 def _load_embeddings(members: dict[str, bytes], key: str) -> dict[str, np.ndarray]:
     if "npz" in members:
         with np.load(io.BytesIO(members["npz"])) as arrays:
@@ -202,12 +159,12 @@ def index_image_shard(path: str) -> dict[str, ImageRef]:
             for member in archive:
                 if not member.isfile():
                     continue
-                key, extension = _split_member_name(member.name)
+                key, extension = split_member_name(member.name)
                 members_by_key.setdefault(key, {})[extension] = (member.offset_data, member.size)
                 if extension == "json":
                     uid_by_key[key] = _uid_from_json(path, member.name, archive.extractfile(member).read())
-    except _TAR_READ_ERRORS as error:
-        raise _shard_read_error(path, error) from error
+    except TAR_READ_ERRORS as error:
+        raise shard_read_error(path, error) from error
     index: dict[str, ImageRef] = {}
     for key, members in members_by_key.items():
         image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
@@ -235,8 +192,8 @@ def _read_span(images: BinaryIO, path: str, key: str, offset: int, size: int) ->
     try:
         images.seek(offset)
         data = images.read(size)
-    except _TAR_READ_ERRORS as error:
-        raise _shard_read_error(path, error) from error
+    except TAR_READ_ERRORS as error:
+        raise shard_read_error(path, error) from error
     if len(data) != size:
         raise ShardReadError(f"Cannot read tar shard {path!r}: sample {key!r} expected {size} bytes at offset "
                              f"{offset}, got {len(data)} (the file changed or was truncated after indexing).")
@@ -363,11 +320,9 @@ __all__ = [
     "OFFICIAL_TEACHERS",
     "OFFICIAL_TEACHER_DIMS",
     "ImageRef",
-    "ShardReadError",
     "expand_shards",
     "index_image_shard",
     "iter_joined_samples",
-    "iter_tar_samples",
     "pair_image_shards",
     "parse_official_sample",
     "write_official_shard",

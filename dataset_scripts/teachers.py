@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as torch_F
 
-from modeling_mobileclip.loading import pretrained_classes
+from modeling_mobileclip.loading import fuse_for_inference, pretrained_classes
 
 from .augmentation import sample_seed
 from .pixels import normalize_pixels
@@ -163,12 +163,12 @@ class Teacher:
 class OpenCLIPTeacher(Teacher):
     """An open_clip model (`open_clip.create_model_and_transforms`), with its own tokenizer and preprocessing."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, fuse: bool = True):
         super().__init__(spec.raw, device, dtype)
         import open_clip  # optional dependency (the `reinforce` extra)
 
         model, _ = create_open_clip_model(spec, device)
-        self.model = model
+        self.model = model = fuse_for_inference(model) if fuse else model
         self.logit_scale = learned_logit_scale(model)
         self.tokenizer = open_clip.get_tokenizer(spec.name)
         preprocess = open_clip.get_model_preprocess_cfg(model)
@@ -194,13 +194,14 @@ class HFTeacher(Teacher):
     config (`image_size`, `image_mean`, `image_std`, as MobileCLIPConfig has).
     """
 
-    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, fuse: bool = True):
         super().__init__(spec.raw, device, dtype)
         try:
             model_class, processor_class, tokenizer_class, kwargs = pretrained_classes(
                 spec.name, spec.trust_remote_code,
                 how_to_trust=f"use the teacher spec 'hf+remote:{spec.name}' instead of {spec.raw!r}")
-            self.model = model_class.from_pretrained(spec.name, **kwargs).to(device).eval()
+            model = model_class.from_pretrained(spec.name, **kwargs).to(device)
+            self.model = fuse_for_inference(model) if fuse else model.eval()
         except Exception as error:
             raise ValueError(f"Cannot load teacher {spec.raw!r}: {error}") from error
         self.logit_scale = learned_logit_scale(self.model)
@@ -278,19 +279,21 @@ def seeded_by_spec(spec: str):
         yield
 
 
-def load_teacher(spec: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Teacher:
-    """Build one teacher from its spec string."""
+def load_teacher(spec: str, device: torch.device, dtype: torch.dtype = torch.bfloat16, fuse: bool = True) -> Teacher:
+    """Build one teacher from its spec string. A teacher only infers, so it runs fused (`fuse_for_inference`: the
+    same embeddings within float32 rounding, faster); `fuse=False` keeps the train-time form (for comparisons)."""
     parsed = parse_model_spec(spec)
     cls = OpenCLIPTeacher if parsed.kind == "open_clip" else HFTeacher
     with seeded_by_spec(spec):
-        return cls(parsed, device, dtype)
+        return cls(parsed, device, dtype, fuse)
 
 
-def load_teachers(specs: Sequence[str], device: torch.device, dtype: torch.dtype = torch.bfloat16) -> list[Teacher]:
+def load_teachers(specs: Sequence[str], device: torch.device, dtype: torch.dtype = torch.bfloat16,
+                  fuse: bool = True) -> list[Teacher]:
     """Build the ensemble, failing before any model is loaded if a spec is malformed."""
     for spec in specs:
         parse_model_spec(spec)
-    return [load_teacher(spec, device, dtype) for spec in specs]
+    return [load_teacher(spec, device, dtype, fuse) for spec in specs]
 
 
 __all__ = [

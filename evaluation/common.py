@@ -73,11 +73,11 @@ def make_accelerator(cpu: bool = False) -> Accelerator:
 
 def load_evaluated_model(model_id: str, accelerator: Accelerator,
                              trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
-    """The project's one loader (:func:`modeling_mobileclip.loading.load_model_and_processor`), on the accelerator's
-    device, for a CLIP model with `encode_image` / `encode_text`."""
+    """The project's one loader (:func:`modeling_mobileclip.loading.load_model_and_processor`), fused for inference,
+    on the accelerator's device, for a CLIP model with `encode_image` / `encode_text`."""
     # One process at a time fills the remote-code module cache: concurrent writers break imports (transformers#27421).
     with accelerator.main_process_first():
-        model, processor = loading.load_model_and_processor(model_id, trust_remote_code)
+        model, processor = loading.load_model_and_processor(model_id, trust_remote_code, fuse=True)
     for method in ("encode_image", "encode_text"):
         if not callable(getattr(model, method, None)):
             raise EvaluationInputError(

@@ -12,8 +12,8 @@ written by `clip_benchmark.webdataset_builder`, read by `clip_benchmark.datasets
         zeroshot_classification_templates.txt   one template per line, `{c}` = class name
         dataset_type.txt               optional: `retrieval` or `multilabel` (default classification)
 
-They are read here with the `webdataset` builder of `datasets` (through `dataset_scripts.dataset_specs`), shards
-in numeric order.
+They are read here by the project's tar reader (through `dataset_scripts.dataset_specs.open_dataset`, into the
+columns `datasets`' webdataset builder gives), shards in numeric order; a Hub mirror's shards through the Hub cache.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import datasets
 from accelerate import Accelerator
-from huggingface_hub import hf_hub_download
+from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
 from dataset_scripts.dataset_specs import FILE_BUILDERS, IMAGE_EXTENSIONS, file_builder, open_dataset
@@ -149,23 +149,36 @@ def _load_local_wds(root: Path, split: str) -> EvalDataset:
     return _checked(_wds_eval_dataset(dataset, str(root), _wds_info(read_text)), split)
 
 
+def _hub_file(repo_id: str, name: str) -> str | None:
+    """The local path of a mirror's file (downloaded into the Hub cache if needed); None when the repo lacks it."""
+    try:
+        return hf_hub_download(repo_id, name, repo_type="dataset")
+    except RemoteEntryNotFoundError:
+        return None
+    except LocalEntryNotFoundError as error:
+        # Offline, the cache still knows the files an earlier download found absent (its `.no_exist` records).
+        if try_to_load_from_cache(repo_id, name, repo_type="dataset") is _CACHED_NO_EXIST:
+            return None
+        raise EvaluationInputError(
+            f"{repo_id}/{name} is not in the local cache and the Hub cannot be reached (offline?); download the "
+            "mirror or pass its local folder."
+        ) from error
+
+
 def _load_hub_wds(repo_id: str, split: str) -> EvalDataset:
     def read_text(name):
-        try:
-            return Path(hf_hub_download(repo_id, name, repo_type="dataset")).read_text()
-        except RemoteEntryNotFoundError:
-            return None
-        except LocalEntryNotFoundError as error:
-            raise EvaluationInputError(
-                f"{repo_id}/{name} is not in the local cache and the Hub cannot be reached (offline?); download the "
-                "mirror or pass its local folder."
-            ) from error
+        path = _hub_file(repo_id, name)
+        return None if path is None else Path(path).read_text()
 
     nshards = read_text(f"{split}/nshards.txt")
     if nshards is None:
         raise EvaluationInputError(f"Hub dataset {repo_id} has no {split}/nshards.txt: not a CLIP_benchmark mirror or no split {split!r}.")
     count = _shard_count(nshards, f"{repo_id}/{split}/nshards.txt")
-    shards = [f"hf://datasets/{repo_id}/{split}/{i}.tar" for i in range(count)]
+    # Through the Hub cache, as the metadata files: a mirror downloaded once is read offline from then on.
+    shards = [_hub_file(repo_id, f"{split}/{i}.tar") for i in range(count)]
+    if None in shards:
+        raise EvaluationInputError(f"{repo_id}/{split}/nshards.txt declares {count} shards but "
+                                   f"{split}/{shards.index(None)}.tar is missing.")
     dataset = open_dataset(shards, split)
     return _checked(_wds_eval_dataset(dataset, repo_id, _wds_info(read_text)), split)
 

@@ -1,6 +1,8 @@
 """A local stand-in for the Hub API: `HfApi.create_repo` / `upload_folder` patched at the class level (the calls
 `huggingface_hub`, transformers' `push_to_hub` and our pushes make) to copy uploads into `root/<org>/<name>`."""
 
+import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -40,3 +42,26 @@ class LocalHub:
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
         assert huggingface_hub.constants.HF_HUB_OFFLINE, "anything not patched must fail, not reach the Hub"
         return self
+
+
+def write_cached_repo(cache, repo_id: str, files: dict, commit: str | None = None, repo_type: str = "model",
+                      absent: tuple[str, ...] = ()) -> None:
+    """Writes `files` ({name: local path}) into `cache` the way huggingface_hub stores a download: content-addressed
+    blobs, a snapshot folder of symlinks per commit, and refs/main naming the commit; `absent` files are recorded as
+    known to be missing from the repo (`.no_exist/<commit>/<name>`, what a download that found no such file leaves)."""
+    commit = commit or hashlib.sha1(repo_id.encode()).hexdigest()
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, source in files.items():
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        blob = repo / "blobs" / digest
+        shutil.copyfile(source, blob)
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).symlink_to(os.path.relpath(blob, (snapshot / name).parent))
+    for name in absent:
+        (repo / ".no_exist" / commit / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / ".no_exist" / commit / name).touch()

@@ -253,7 +253,7 @@ def test_convert_commands(golden_dir, workspace, tmp_path, monkeypatch):
     import timm
 
     from model_helpers import golden_state_dict
-    from test_hub_convert import write_cached_repo
+    from hub_helpers import write_cached_repo
 
     torch.save(apple := golden_state_dict(golden_dir, "s0"), tmp_path / "mobileclip_s0.pt")
     tower = timm.create_model("fastvit_mci0", pretrained=False, num_classes=512).eval()

@@ -25,7 +25,8 @@ from dataset_scripts.convert_official import build_metadata
 from dataset_scripts.dataset_specs import IMAGE_EXTENSIONS
 from dataset_scripts.dr_format import reinforced_features
 from dataset_scripts.official import (OFFICIAL_CAPTIONER, OFFICIAL_TEACHERS, expand_shards, iter_joined_samples,
-                                      iter_tar_samples, pair_image_shards)
+                                      pair_image_shards)
+from dataset_scripts.tar_shards import iter_tar_samples
 
 from .config import ConfigError, TrainingConfig
 from .data import DataValidationError, validate_dataset
@@ -82,9 +83,7 @@ class StreamSource:
                     yield from (features.decode_example(row) for row in table.to_pylist())
 
     def _webdataset_rows(self, path: str) -> Iterator[dict[str, Any]]:
-        # Our tar reader, not `datasets`' webdataset builder (which evaluation's CLIP_benchmark mirrors go through):
-        # the builder refuses a whole shard when one sample lacks a member ("don't share the same prefix or the same
-        # types"), where a training stream skips that one sample (tests/training/test_train_streaming.py).
+        # The project's one tar reader; a sample without an image or a caption is skipped, not the shard.
         for _, members in iter_tar_samples(path):
             image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
             if image is None or "txt" not in members:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modeling_mobileclip.loading import load_model_and_processor
+from modeling_mobileclip.loading import fuse_for_inference, load_model_and_processor
 from modeling_mobileclip.model_folder import REPARAMETERIZED_SUBFOLDER
 
 from .encoders import Encoder, rgb_on_white
@@ -30,10 +30,7 @@ class TorchEncoder(Encoder):
             digest.update(key.encode())
             digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
         self.fingerprint = digest.hexdigest()
-        # The fused form computes the same function faster (one branch per block); fusing is idempotent.
-        if reparameterize and callable(getattr(model, "reparameterize", None)):
-            model = model.reparameterize()
-        self.model = model.eval()
+        self.model = model = fuse_for_inference(model) if reparameterize else model.eval()
         path = Path(model_id)
         self.name = f"{path.parent.name}/{path.name}" if path.name == REPARAMETERIZED_SUBFOLDER else path.name or model_id
         scale = getattr(model, "logit_scale", None)

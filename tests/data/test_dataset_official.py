@@ -24,14 +24,13 @@ from dataset_scripts.dr_format import load_reinforcement_metadata  # noqa: E402
 from conftest import REPO_ROOT  # noqa: E402
 from dataset_scripts.official import (  # noqa: E402
     OFFICIAL_TEACHERS,
-    ShardReadError,
     expand_shards,
     index_image_shard,
     iter_joined_samples,
-    iter_tar_samples,
     pair_image_shards,
     write_official_shard,
 )
+from dataset_scripts.tar_shards import ShardReadError, iter_tar_samples  # noqa: E402
 
 N, K, D = 2, 2, 6
 PARAM_AUG = [[[23, 47, 35, 27], [[9, -0.27], [3, -30.45]]], [[0, 1, 20, 30], [[10, 7], [11, 178.5]]]]

@@ -147,3 +147,23 @@ def test_suite_cli_with_a_saved_model(data_root, tiny_model_dir, tmp_path, capsy
     assert "Stanford" not in capsys.readouterr().out  # only the selected tasks are listed
     with pytest.raises(ValueError, match="Unknown task"):
         select_tasks("datacomp38", ["not-a-task"])
+
+
+def test_hub_mirror_reads_from_a_prepopulated_hub_cache_like_its_local_folder(data_root, tmp_path, monkeypatch):
+    """A CLIP_benchmark mirror by Hub id (`clip-benchmark/wds_<task>`), offline: metadata and shards resolve through a
+    Hugging Face cache in the real layout, and the rows equal those of the same mirror as a local folder."""
+    import huggingface_hub
+
+    from hub_helpers import write_cached_repo
+
+    local = data_root / "wds_vtab-pets"
+    files = {str(path.relative_to(local)): path for path in local.rglob("*") if path.is_file()}
+    absent = tuple(name for name in ("dataset_type.txt", "classnames.txt", "zeroshot_classification_templates.txt")
+                   if name not in files)
+    write_cached_repo(tmp_path / "hf_cache", "clip-benchmark/wds_vtab-pets", files, repo_type="dataset", absent=absent)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
+    by_id, by_folder = load_eval_dataset("clip-benchmark/wds_vtab-pets"), load_eval_dataset(str(local))
+    assert by_id.wds == by_folder.wds and by_id.default_columns == by_folder.default_columns
+    assert by_id.dataset.remove_columns("__url__").to_dict() == by_folder.dataset.remove_columns("__url__").to_dict()
+    assert by_id.dataset["cls"] == [label for _, label in CLASSIFICATION]

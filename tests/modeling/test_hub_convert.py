@@ -3,9 +3,7 @@ cache written here in the real layout (`models--ORG--NAME/{blobs,refs/main,snaps
 file names the official repos use; `--source`/`--variant` detection from keys and shapes for all 13 variants (meta
 tensors: shapes without memory); `--all`; bad input fails naming what was expected and writes nothing."""
 
-import hashlib
 import json
-import os
 import shutil
 
 import huggingface_hub
@@ -17,6 +15,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors.torch import load_file, save_file
 
+from hub_helpers import write_cached_repo
 from model_helpers import golden_state_dict, max_relative_error, perturb_
 from modeling_mobileclip import VARIANTS, MobileCLIPModel
 from modeling_mobileclip.convert import (
@@ -29,23 +28,6 @@ from modeling_mobileclip.convert import (
 
 
 GOLDEN_TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-def write_cached_repo(cache, repo_id: str, files: dict, commit: str | None = None) -> None:
-    """Writes `files` ({name: local path}) into `cache` the way huggingface_hub stores a download: content-addressed
-    blobs, a snapshot folder of symlinks per commit, and refs/main naming the commit."""
-    commit = commit or hashlib.sha1(repo_id.encode()).hexdigest()
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for name, source in files.items():
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()
-        blob = repo / "blobs" / digest
-        shutil.copyfile(source, blob)
-        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
 
 
 @pytest.fixture

@@ -343,13 +343,3 @@ def test_plain_webdataset_shards_train_directly(tmp_path, fresh_accelerate_state
                    "--max_steps", "3", "--warmup_steps", "1", "--save_steps", "0", "--output_dir",
                    str(tmp_path / "out")])
     assert result.step == 3 and all(torch.isfinite(torch.tensor(row["loss"])) for row in result.history)
-
-
-def test_why_streams_read_plain_shards_with_our_reader(tmp_path):
-    """`datasets`' webdataset builder (evaluation's reader of CLIP_benchmark mirrors) refuses a whole shard in which
-    one sample lacks a member; the stream above skips that one sample. When this fails, one reader can serve both."""
-    from dataset_scripts.dataset_specs import open_dataset
-
-    write_plain_webdataset(tmp_path / "plain")
-    with pytest.raises(ValueError, match="same prefix or the same types"):
-        list(open_dataset(str(tmp_path / "plain" / "00001.tar"), "train", streaming=True))
