@@ -47,6 +47,12 @@ def hand_top_k(scores: np.ndarray, labels, k: int) -> float:
     return sum(hits) / len(hits)
 
 
+def hand_mean_reciprocal_rank(scores: np.ndarray, labels) -> float:
+    """Mean over rows of 1 / (1 + the classes scored strictly higher than the label)."""
+    ranks = [1 + sum(value > row[label] for value in row) for row, label in zip(scores.tolist(), labels)]
+    return sum(1 / rank for rank in ranks) / len(ranks)
+
+
 def hand_retrieval_recalls(image_embeds: np.ndarray, text_embeds: np.ndarray, image_of_text, k: int) -> dict:
     """CLIP_benchmark's recall@k: text->image counts a caption found when its image ranks in the top k images;
     image->text counts an image found when any of its captions ranks in the top k captions."""

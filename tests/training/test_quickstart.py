@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from eval_helpers import embed_with_saved_model, hand_retrieval_recalls, hand_top_k
+from eval_helpers import embed_with_saved_model, hand_mean_reciprocal_rank, hand_retrieval_recalls, hand_top_k
 
 BUNDLED_EMOJI = REPO_ROOT / "dataset_scripts" / "data" / "emoji"
 TINY = ["--scale", "tiny", "--num-threads", "1"]
@@ -55,17 +55,61 @@ def test_factor_interpolates_between_evaluation_points():
     assert first_step_reaching([0, 10], [0.5, 0.9], 0.1) == 0.0
 
 
+def test_bootstrap_interval_resamples_the_same_images_for_both_students():
+    import numpy as np
+
+    from training.quickstart.report import bootstrap_factor, learning_efficiency_factor
+
+    steps = [0, 100, 200, 300, 400]
+    rng = np.random.default_rng(0)
+    # Per-image scores rising linearly; the reinforced student twice as fast, plus image-level noise shared by both.
+    difficulty = rng.uniform(0.5, 1.5, 300)
+    plain = np.outer(np.linspace(0, 0.4, 5), difficulty)
+    reinforced = np.outer(np.minimum(np.linspace(0, 0.8, 5), 0.8), difficulty)
+    point = learning_efficiency_factor((steps, plain.mean(1)), (steps, reinforced.mean(1)))["factor"]
+    assert point == pytest.approx(2.0)
+    # The same images for both students: an image effect common to both cancels, so the interval is the point.
+    assert bootstrap_factor(steps, plain, reinforced, samples=200) == pytest.approx((2.0, 2.0))
+    # Independent per-image noise widens it around the point, and the percentiles come from numpy's own.
+    noisy = reinforced + rng.normal(0, 0.3, reinforced.shape)
+    low, high = bootstrap_factor(steps, plain, noisy, samples=200, seed=1)
+    resampled = np.random.default_rng(1)
+    factors = []
+    for _ in range(200):
+        chosen = resampled.integers(0, 300, 300)
+        factors.append(learning_efficiency_factor((steps, plain[:, chosen].mean(1)),
+                                                  (steps, noisy[:, chosen].mean(1)))["factor"])
+    assert (low, high) == tuple(np.percentile(factors, (5, 95), method="inverted_cdf"))
+    assert low < high
+
+
 def test_metrics_match_scikit_learn_and_clip_benchmark():
     from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k
     from sklearn.metrics import top_k_accuracy_score
 
-    from training.quickstart.scoring import retrieval_recalls, top_k_accuracy
+    from sklearn.metrics import label_ranking_average_precision_score
+
+    from training.quickstart.held_out import chance_levels
+    from training.quickstart.scoring import reciprocal_ranks, retrieval_recalls, top_k_accuracy
 
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(50, 30, generator=generator), torch.randint(30, (50,), generator=generator)
     for k in (1, 5):  # (clip_benchmark's `accuracy` no longer runs on numpy 2; scikit-learn's is the same rule)
         assert top_k_accuracy(logits, labels, k) == pytest.approx(
             top_k_accuracy_score(labels.numpy(), logits.numpy(), k=k, labels=list(range(30))))
+    # One relevant label per row: label-ranking average precision is the reciprocal rank of that label.
+    one_hot = torch.nn.functional.one_hot(labels, 30).numpy()
+    assert float(reciprocal_ranks(logits, labels).mean()) == pytest.approx(
+        label_ranking_average_precision_score(one_hot, logits.numpy()))
+    # Chance: the mean over many uniformly random score rows of 10 classes.
+    from training.quickstart.held_out import HeldOutSet, ZeroShotTask
+
+    random_scores = torch.rand(20000, 10, generator=generator)
+    random_labels = torch.zeros(20000, dtype=torch.long)
+    task = ZeroShotTask("names", [str(i) for i in range(10)], torch.zeros(6, dtype=torch.long))
+    held_out = HeldOutSet("x", "x", torch.zeros(6, 3, 4, 4, dtype=torch.uint8), [task], [[c] for c in "abcdef"])
+    assert chance_levels(held_out)["names/mrr"] == pytest.approx(
+        float(reciprocal_ranks(random_scores, random_labels).mean()), abs=0.005)
 
     images = torch.nn.functional.normalize(torch.randn(20, 8, generator=generator), dim=-1)
     texts = torch.nn.functional.normalize(torch.randn(55, 8, generator=generator), dim=-1)
@@ -80,12 +124,13 @@ def test_metrics_match_scikit_learn_and_clip_benchmark():
             (recall_at_k(scores.t(), positives.t(), k) > 0).float().mean().item())
 
 
-def _scored_by_hand(folder: Path, rows: datasets.Dataset, templates: dict[str, str]) -> dict[str, float]:
-    """The curve metrics of the model saved in `folder` on `rows`: zero-shot top-k over the style's names and over
-    the bundled subcategories and categories, and caption retrieval recall@k, each ranked by hand."""
+def _scored_by_hand(folder: Path, rows: datasets.Dataset, names: list[str], templates: dict[str, str]) -> dict[str, float]:
+    """The curve metrics of the model saved in `folder` on `rows`: zero-shot top-k and mean reciprocal rank over
+    `names` (all the style's) and over the bundled subcategories and categories, and caption retrieval recall@k,
+    each ranked by hand."""
     classnames = json.loads((BUNDLED_EMOJI / "classnames.json").read_text())
     subcategories, categories = classnames["subcategory_prompt_names"], classnames["category_prompt_names"]
-    tasks = {"names": ("name", sorted(set(rows["name"])), {name: name for name in rows["name"]}),
+    tasks = {"names": ("name", sorted(set(names)), {name: name for name in names}),
              "subcategories": ("subcategory", sorted(subcategories), subcategories),
              "categories": ("category", sorted(categories), categories)}
     prompts = {task: [templates[task].format(prompt_names[c]) for c in classes]
@@ -101,6 +146,7 @@ def _scored_by_hand(folder: Path, rows: datasets.Dataset, templates: dict[str, s
         labels = [classes.index(value) for value in rows[column]]
         for k in (1, 5):
             metrics[f"{task}/acc{k}"] = hand_top_k(scores, labels, k)
+        metrics[f"{task}/mrr"] = hand_mean_reciprocal_rank(scores, labels)
     for k in (1, 5):
         recalls = hand_retrieval_recalls(images, embedded[offset:], image_of_text, k)
         metrics.update({f"retrieval/{name}": value for name, value in recalls.items()})
@@ -145,7 +191,7 @@ def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelera
     assert steps[0] == 0 and steps[-1] == tiny["student_steps"] and len(steps) == tiny["eval_points"] + 1
     assert saved["students"]["clip"][0] == saved["students"]["reinforced"][0]  # same initial weights
     for point in saved["students"]["clip"] + saved["students"]["reinforced"] + [saved["teacher"]]:
-        assert set(point) >= {"val", "unseen_style"}
+        assert set(point) >= {"val", "unseen_style", "choose"}
     assert saved["teachers"] == [f"hf:{output / 'teacher' / 'model'}"]
 
     # The plot is a real PNG.
@@ -165,16 +211,31 @@ def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelera
 
     # Both students and the teacher load with AutoModel, and scored by hand from their saved folders they give the
     # curves' final points and the teacher's point on the unseen style (classes in another order than the quickstart's).
+    # The reported two thirds of the unseen style (every third emoji is kept for choosing settings), names ranked
+    # among all the style's names.
     unseen = datasets.load_dataset(str(BUNDLED_EMOJI), "google", split="train").select(range(tiny["rows_per_style"]))
+    reported = unseen.select([i for i in range(len(unseen)) if i % 3 != 0])
     for name, folder, point in [("clip", output / "students" / "clip", saved["students"]["clip"][-1]),
                                 ("reinforced", output / "students" / "reinforced", saved["students"]["reinforced"][-1]),
                                 ("teacher", output / "teacher" / "model", saved["teacher"])]:
         assert type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__ == "MobileCLIPModel"
-        by_hand = _scored_by_hand(folder, unseen, TEMPLATES)
+        by_hand = _scored_by_hand(folder, reported, unseen["name"], TEMPLATES)
         assert {key: point["unseen_style"][key] for key in by_hand} == pytest.approx(by_hand, abs=1e-6), name
 
     # Chance levels: top-5 over the style's names, from the row count.
     assert saved["chance"]["unseen_style"]["names/acc5"] == pytest.approx(5 / tiny["rows_per_style"])
+    # The factor on both metrics, the primary with its bootstrap interval, from the saved per-image ranks.
+    import numpy as np
+
+    from training.quickstart.report import bootstrap_factor
+
+    assert saved["factor"] == saved["factors"]["names/mrr"] and "names/acc5" in saved["factors"]
+    ranks = [np.array([p["unseen_style"]["names/reciprocal_ranks"] for p in saved["students"][m]])
+             for m in ("clip", "reinforced")]
+    assert ranks[0].shape == (tiny["eval_points"] + 1, len(reported))
+    assert [p["unseen_style"]["names/mrr"] for p in saved["students"]["clip"]] == pytest.approx(ranks[0].mean(1))
+    assert saved["factor"]["interval_90"] == list(bootstrap_factor(steps, *ranks, seed=0))
+    assert f"{saved['factor']['interval_90'][0]:.2f}x to {saved['factor']['interval_90'][1]:.2f}x" in printed
 
     # The two students trained at the same time (two processes, as the default scale does on a multi-core CPU) are
     # the students trained one after the other: same curves, same factor.

@@ -20,14 +20,18 @@ and captions; the `split` column holds 10% of the emoji out as `val` in both sty
    `--mode reinforced` (lambda = 1: distillation only, the MobileCLIP recipe), same initialisation, same data
    order, same views and captions (one caption of each emoji drawn per epoch), same steps. On a multi-core CPU
    they train at the same time as two processes that split the cores (faster than one after the other).
-4. **Learning curves.** Each student's checkpoints are evaluated on two held-out sets the students never saw:
-   the `val` rows of Twemoji and *every* Noto emoji (an unseen art style). Metrics: zero-shot classification over
-   all 1,906 emoji names (top-5 on Noto is the primary metric), over subcategories and categories, and
+4. **Learning curves.** Each student's checkpoints (every 50 steps) are evaluated on held-out sets the students
+   never saw: the `val` rows of Twemoji and two thirds of the Noto emoji (an unseen art style); every third Noto
+   emoji forms the `choose` set, for choosing settings, never reported. Metrics: zero-shot classification over all
+   1,906 emoji names (the primary metric is the mean reciprocal rank of the true name on Noto, which uses every
+   image's rank where top-5 moves by whole images; top-5 is reported too), over subcategories and categories, and
    image-text retrieval. The teacher is scored on the same sets (it trained on Noto's `train` rows, so its Noto
    score is not held out for it).
 5. **Report.** A table, `learning_curves.png`, `learning_curves.json`, both students as AutoModel folders
-   (`students/clip`, `students/reinforced`) and, as the last line, `learning-efficiency factor: <X>x`: the plain
-   student's steps divided by the step at which the reinforced student reaches the plain student's final score.
+   (`students/clip`, `students/reinforced`), the factor on both metrics with a bootstrap 90% interval over the Noto
+   images (both students scored on the same resampled images) and, as the last line, `learning-efficiency factor:
+   <X>x`: the plain student's steps divided by the step at which the reinforced student reaches the plain
+   student's final score on the primary metric.
 
 Every stage resumes: a rerun with the same settings reuses the teacher, the reinforced data, finished students
 and evaluated points, and continues an interrupted training from its last checkpoint.

@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from modeling_mobileclip.atomic import write_json_atomic
 
 from .held_out import build_held_out_sets, chance_levels, load_style, train_rows, write_parquet_once
-from .report import learning_efficiency_factor, plot_learning_curves
+from .report import bootstrap_factor, learning_efficiency_factor, plot_learning_curves
 from .runs import check_teachers, reinforce_student_data, train_students, train_teacher
-from .scoring import evaluate_students, evaluate_teachers
-from .settings import (CURVES_FILE, MODES, PLOT_FILE, PRIMARY_METRIC, PRIMARY_SET, STUDENT_STYLE, STUDENT_VARIANT,
-                       STYLE_NAMES, TEACHER_VARIANT, TEMPLATES, UNSEEN_STYLE, Settings, curve_steps)
+from .scoring import PER_IMAGE, evaluate_students, evaluate_teachers
+from .settings import (CHOOSING_SET, CURVES_FILE, MODES, PLOT_FILE, PRIMARY_METRIC, PRIMARY_SET, SECONDARY_METRIC,
+                       STUDENT_STYLE, STUDENT_VARIANT, STYLE_NAMES, TEACHER_VARIANT, TEMPLATES, UNSEEN_STYLE, Settings,
+                       curve_steps)
 
 
 def _stage(number: int, text: str) -> None:
@@ -74,12 +76,17 @@ def run(output_dir: Path, settings: Settings, device: str) -> dict[str, Any]:
         "student_steps": settings.student_steps, "students": students, "teacher": teacher_metrics,
         "chance": {name: chance_levels(data) for name, data in held_out.items()},
     }
-    primary = [([p["step"] for p in students[mode]], [p[PRIMARY_SET][PRIMARY_METRIC] for p in students[mode]])
-               for mode in MODES]
-    curves["factor"] = learning_efficiency_factor(*primary)
+    steps = [p["step"] for p in students[MODES[0]]]
+    curves["factors"] = {metric: learning_efficiency_factor(*[(steps, [p[PRIMARY_SET][metric] for p in students[mode]])
+                                                             for mode in MODES])
+                         for metric in (PRIMARY_METRIC, SECONDARY_METRIC)}
+    per_image = [np.array([p[PRIMARY_SET][f"names/{PER_IMAGE}"] for p in students[mode]]) for mode in MODES]
+    curves["factors"][PRIMARY_METRIC]["interval_90"] = list(bootstrap_factor(steps, *per_image, seed=settings.seed))
+    curves["factor"] = curves["factors"][PRIMARY_METRIC]
+    curves["choosing_set"] = CHOOSING_SET
     curves["seconds"] = seconds
     plot_learning_curves(curves, PRIMARY_METRIC, output_dir / PLOT_FILE,
-                         f"{STUDENT_VARIANT}: plain CLIP vs reinforced training (emoji names, top-5)")
+                         f"{STUDENT_VARIANT}: plain CLIP vs reinforced training (emoji names, mean reciprocal rank)")
     write_json_atomic(output_dir / CURVES_FILE, curves)
     return curves
 

@@ -19,7 +19,7 @@ import torch
 
 from modeling_mobileclip.atomic import atomic_path
 
-from .settings import EMOJI_DIR, STUDENT_STYLE, STYLE_NAMES, TEMPLATES, UNSEEN_STYLE
+from .settings import CHOOSING_SET, EMOJI_DIR, PRIMARY_SET, STUDENT_STYLE, STYLE_NAMES, TEMPLATES, UNSEEN_STYLE
 
 
 RECALL_K = (1, 5)
@@ -101,22 +101,37 @@ def build_held_out_set(name: str, description: str, rows, classnames: dict[str, 
     return HeldOutSet(name, description, images_as_uint8(rows["image"]), tasks, captions)
 
 
+def is_choosing_row(index: int) -> bool:
+    """Every third emoji of the unseen style (by row) is for choosing settings; the reported figures use the rest."""
+    return index % 3 == 0
+
+
 def build_held_out_sets(student_style: datasets.Dataset, unseen_style: datasets.Dataset) -> dict[str, HeldOutSet]:
+    """The Twemoji `val` rows, the unseen style's reported two thirds and its choosing third; names are ranked among
+    all the style's names in each."""
     classnames = json.loads((EMOJI_DIR / "classnames.json").read_text())
     val = student_style.filter(lambda value: value == "val", input_columns="split")
+    choosing = [i for i in range(len(unseen_style)) if is_choosing_row(i)]
+    reported = [i for i in range(len(unseen_style)) if not is_choosing_row(i)]
+    unseen = STYLE_NAMES[UNSEEN_STYLE]
     return {
         "val": build_held_out_set(
             "val", f"{STYLE_NAMES[STUDENT_STYLE]} val ({len(val)} held-out emoji)", val, classnames, TEMPLATES,
             student_style["name"]),
-        "unseen_style": build_held_out_set(
-            "unseen_style", f"{STYLE_NAMES[UNSEEN_STYLE]}, unseen style (all {len(unseen_style)} emoji)",
-            unseen_style, classnames, TEMPLATES, unseen_style["name"]),
+        PRIMARY_SET: build_held_out_set(
+            PRIMARY_SET, f"{unseen}, unseen style ({len(reported)} of {len(unseen_style)} emoji: the reported two "
+            "thirds)", unseen_style.select(reported), classnames, TEMPLATES, unseen_style["name"]),
+        CHOOSING_SET: build_held_out_set(
+            CHOOSING_SET, f"{unseen}, choosing third ({len(choosing)} emoji: for settings, never reported)",
+            unseen_style.select(choosing), classnames, TEMPLATES, unseen_style["name"]),
     }
 
 
 def chance_levels(held_out: HeldOutSet) -> dict[str, float]:
     """What uniform random guessing scores in expectation on this set."""
     levels = {f"{task.name}/acc{k}": min(1.0, k / len(task.prompts)) for task in held_out.tasks for k in TOP_K}
+    for task in held_out.tasks:  # a uniform rank r in 1..C: E[1/r] = H_C / C
+        levels[f"{task.name}/mrr"] = sum(1 / rank for rank in range(1, len(task.prompts) + 1)) / len(task.prompts)
     counts = [len(captions) for captions in held_out.captions]
     num_images, num_captions = len(counts), sum(counts)
     for k in RECALL_K:
@@ -128,5 +143,5 @@ def chance_levels(held_out: HeldOutSet) -> dict[str, float]:
 
 __all__ = [
     "HeldOutSet", "RECALL_K", "TOP_K", "ZeroShotTask", "build_held_out_set", "build_held_out_sets", "chance_levels",
-    "images_as_uint8", "load_style", "train_rows", "write_parquet_once",
+    "images_as_uint8", "is_choosing_row", "load_style", "train_rows", "write_parquet_once",
 ]

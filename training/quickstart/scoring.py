@@ -28,9 +28,12 @@ from evaluation.metrics.retrieval_recall.retrieval_recall import image_to_text_r
 from evaluation.task_metrics import top_k_correct
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
 from modeling_mobileclip.atomic import write_json_atomic
+from modeling_mobileclip.loading import fuse_for_inference
 from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 
 from .held_out import RECALL_K, TOP_K, HeldOutSet
+
+PER_IMAGE = "reciprocal_ranks"
 from .settings import MODES, STUDENT_VARIANT, Settings, curve_steps
 
 
@@ -82,6 +85,12 @@ def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return float(top_k_correct(logits, labels, k).float().mean())
 
 
+def reciprocal_ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1 / the rank of each row's label among its logits: 1 + the classes scored strictly higher (as top-k counts)."""
+    true = logits.gather(1, labels[:, None])
+    return 1.0 / (1 + (logits > true).sum(dim=1)).float()
+
+
 def retrieval_recalls(image_embeds: torch.Tensor, text_embeds: torch.Tensor, image_of_text: torch.Tensor,
                       ks: Sequence[int] = RECALL_K) -> dict[str, float]:
     """Text->image (`image_retrieval_recall@k`) and image->text (`text_retrieval_recall@k`) recall, CLIP_benchmark's
@@ -97,7 +106,8 @@ def retrieval_recalls(image_embeds: torch.Tensor, text_embeds: torch.Tensor, ima
 @torch.no_grad()
 def evaluate_encoder(encoder: Any, held_out: HeldOutSet, batch_size: int = 256,
                      prompt_cache: dict[tuple[str, ...], torch.Tensor] | None = None) -> dict[str, float]:
-    """Zero-shot top-k for every task and retrieval recall@k; keys like `names/acc5`, `retrieval/...`.
+    """Zero-shot top-k and mean reciprocal rank for every task and retrieval recall@k; keys like `names/acc5`,
+    `names/mrr`, `retrieval/...`; `names/reciprocal_ranks` lists every image's.
 
     `prompt_cache` (one dict per encoder) lets several held-out sets with the same classes encode them once.
     """
@@ -111,6 +121,10 @@ def evaluate_encoder(encoder: Any, held_out: HeldOutSet, batch_size: int = 256,
         logits = 100.0 * images @ prompt_cache[key].t()
         for k in TOP_K:
             metrics[f"{task.name}/acc{k}"] = top_k_accuracy(logits, task.labels, k)
+        ranks = reciprocal_ranks(logits, task.labels)
+        metrics[f"{task.name}/mrr"] = float(ranks.mean())
+        if task.name == "names":  # per image, for intervals over the images (`report.bootstrap_factor`)
+            metrics[f"{task.name}/{PER_IMAGE}"] = [round(float(value), 7) for value in ranks]
     texts = [caption for captions in held_out.captions for caption in captions]
     image_of_text = torch.tensor([i for i, captions in enumerate(held_out.captions) for _ in captions])
     recalls = retrieval_recalls(images, _batched(encoder.encode_texts, texts, batch_size), image_of_text)
@@ -149,8 +163,8 @@ def evaluate_students(settings: Settings, held_out: dict[str, HeldOutSet], outpu
         # Step 0 is the shared initialisation (same seed, same construction): evaluated once for both students.
         path = points_dir / ("init.json" if step == 0 else f"{mode}_step_{step}.json")
         if not path.is_file():
-            encoder = ModelEncoder(student_at(step, mode, settings, output_dir), tokenizer, f"{mode}@{step}",
-                                   torch.device(device), token_cache)
+            student = fuse_for_inference(student_at(step, mode, settings, output_dir))  # scored only: fused is faster
+            encoder = ModelEncoder(student, tokenizer, f"{mode}@{step}", torch.device(device), token_cache)
             point = {"step": step, **evaluate_on_sets(encoder, held_out)}
             write_json_atomic(path, point)
         curves.setdefault(mode, []).append(json.loads(path.read_text()))
@@ -163,6 +177,6 @@ def evaluate_teachers(specs: list[str], held_out: dict[str, HeldOutSet], device:
 
 
 __all__ = [
-    "EnsembleEncoder", "ModelEncoder", "evaluate_encoder", "evaluate_on_sets", "evaluate_students",
-    "evaluate_teachers", "retrieval_recalls", "student_at", "top_k_accuracy",
+    "EnsembleEncoder", "ModelEncoder", "PER_IMAGE", "evaluate_encoder", "evaluate_on_sets", "evaluate_students",
+    "evaluate_teachers", "reciprocal_ranks", "retrieval_recalls", "student_at", "top_k_accuracy",
 ]
