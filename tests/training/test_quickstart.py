@@ -190,8 +190,14 @@ def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelera
     assert steps == [point["step"] for point in saved["students"]["reinforced"]]
     assert steps[0] == 0 and steps[-1] == tiny["student_steps"] and len(steps) == tiny["eval_points"] + 1
     assert saved["students"]["clip"][0] == saved["students"]["reinforced"][0]  # same initial weights
-    for point in saved["students"]["clip"] + saved["students"]["reinforced"] + [saved["teacher"]]:
-        assert set(point) >= {"val", "unseen_style", "choose"}
+    # The curve's ends and the teacher: every metric on every set; the points between: the names task (the
+    # factor's metrics) on the unseen style's reported and choosing images.
+    ends = [saved["students"][m][i] for m in ("clip", "reinforced") for i in (0, -1)] + [saved["teacher"]]
+    for point in ends:
+        assert set(point) >= {"val", "unseen_style", "choose"} and "retrieval/image_retrieval_recall@5" in point["val"]
+    for point in saved["students"]["clip"][1:-1] + saved["students"]["reinforced"][1:-1]:
+        assert set(point) == {"step", "unseen_style", "choose"}
+        assert set(point["unseen_style"]) == {"names/acc1", "names/acc5", "names/mrr", "names/reciprocal_ranks"}
     assert saved["teachers"] == [f"hf:{output / 'teacher' / 'model'}"]
 
     # The plot is a real PNG.

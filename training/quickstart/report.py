@@ -144,7 +144,9 @@ def format_factor(factor: float) -> str:
 
 def plot_learning_curves(curves: dict[str, Any], metric: str, path: Path, title: str) -> Path:
     """Both students' `metric` against steps on every held-out set, the teacher as a horizontal line."""
-    sets = curves["held_out_sets"]
+    # The sets scored at every curve point (the others only at the curve's ends).
+    sets = {name: description for name, description in curves["held_out_sets"].items()
+            if all(name in point for mode in MODES for point in curves["students"][mode])}
     # A bare Figure renders with Agg when saved: no pyplot, so no global backend is chosen for the caller.
     figure = Figure(figsize=(6 * len(sets), 4.2))
     axes = figure.subplots(1, len(sets), squeeze=False)
