@@ -152,7 +152,8 @@ def decode_rgb(data: bytes) -> Image.Image:
     """Decode encoded image bytes fully (so corrupt data fails here) and convert to RGB."""
     image = Image.open(io.BytesIO(data))
     image.load()
-    return image.convert("RGB")
+    # convert() copies even when the mode already matches, and a JPEG usually decodes straight to RGB.
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def sample_seed(seed: int, key: str) -> int:
@@ -289,6 +290,12 @@ def apply_augmentation(
     top, left, crop_h, crop_w = params.crop
     view = F.resized_crop(image, top, left, crop_h, crop_w, [size, size],
                           interpolation=_INTERPOLATIONS[interpolation], antialias=True)
+    return apply_stored_ops(view, params, reference_size)
+
+
+def apply_stored_ops(view: Image.Image, params: AugmentationParams, reference_size: int | None = None) -> Image.Image:
+    """The RandAugment part of `apply_augmentation`, on an already cropped and resized square `view`."""
+    size = view.width
     translate_scale = size / reference_size if reference_size and reference_size != size else 1.0
     for name, magnitude in params.ops:
         if name in _TRANSLATE_OPS:
@@ -303,6 +310,7 @@ __all__ = [
     "AugmentationParams",
     "apply_augmentation",
     "apply_rand_augment_op",
+    "apply_stored_ops",
     "decode_rgb",
     "sample_augmentation",
     "sample_crop",

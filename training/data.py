@@ -218,6 +218,7 @@ class TrainingViews:
             self.view = ReinforcedTrainingView(
                 tokenizer, image_size=image_size, interpolation=resample, reference_size=spec.augmentation.size,
                 seed=config.seed, caption_mode=self.caption_mode, synthetic=spec.use_synthetic_captions,
+                tokenize_captions=False,  # the Collator tokenizes the whole batch in one call
             )
         else:
             self.augmentation = AugmentationConfig(
