@@ -12,7 +12,9 @@ folder, then measures in the same run, per DataLoader setting:
   * peer: the usual fresh-augmentation pipeline (decode JPEG, torchvision RandomResizedCrop + RandAugment at the
     same size, tokenize one caption), the cost a non-reinforced open_clip run pays per sample;
   * options, off by default because their views are not equal to the recorded replay: `fast_resize` (torch
-    horizontal resize pass) and `reduce_on_decode` (JPEG DCT scaling).
+    horizontal resize pass) and `reduce_on_decode` (JPEG DCT scaling);
+  * the loader side of `augment_on_device` (views within 1/255): the RandAugment ops torchvision reproduces are
+    left to the accelerator (their cost there is not counted here).
 Goal (issue 22): ours >= 460 samples/s per core and >= 1.5x the peer at 256 px. Storage compares our Parquet bytes
 per sample with Apple's WebDataset layout (npz float32, and the pth.gz bf16 variant) for the same samples.
 """
@@ -217,6 +219,8 @@ def main(argv=None):
                 dataset, ReinforcedTrainingView(tokenizer, fast_resize=True, **settings)),
             "option reduce_on_decode": ReplayedViews(
                 dataset, ReinforcedTrainingView(tokenizer, reduce_on_decode=True, **settings)),
+            "augment_on_device loader": ReplayedViews(
+                dataset, ReinforcedTrainingView(tokenizer, defer_ops=True, **settings)),
         }
         collators = {name: Collator(tokenizer) for name in sets if name != "peer"}
         max_batches = max(1, args.samples // args.batch_size - 1)

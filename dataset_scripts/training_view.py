@@ -21,6 +21,8 @@ batch to stack, and the ground truth is the one caption such a sample has.
 A sample holds (L = tokenizer context, D = sum of teacher dims):
 
     views          uint8   (3, S, S)   the replayed view, not normalised (the device normalises whole batches)
+    deferred_ops   float64 (2, 2)      only with defer_ops: the [op_index, magnitude] rows the accelerator applies
+                                       to `views` (augmentation.apply_ops_to_batch); Identity rows when none
     input_ids      int64   (L,)        ground-truth caption tokens;  caption: that caption (str)
                                        (input_ids/syn_input_ids only with tokenize_captions=True; training
                                        leaves them to its collator, which tokenizes a batch in one call)
@@ -43,6 +45,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -53,7 +56,8 @@ from torch.nn.functional import interpolate
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import functional as F
 
-from .augmentation import AugmentationParams, apply_augmentation, apply_stored_ops, decode_rgb, sample_seed
+from .augmentation import AugmentationParams, apply_augmentation, apply_stored_ops, can_defer_ops, decode_rgb
+from .augmentation import encode_deferred_ops, sample_seed
 from .dataset_specs import open_dataset
 from .dr_format import ReinforcementMetadata, load_reinforcement_metadata
 
@@ -166,6 +170,10 @@ class ReinforcedTrainingView:
             covers at least `image_size` pixels there. Faster, but DCT scaling is not decode + antialiased
             resize: views differ from the exact replay by more than 1/255 in textured regions, so it is off by
             default and datasets reinforced earlier keep training on the same views.
+        defer_ops: Leave the stored RandAugment ops of a view to the accelerator where torchvision's tensor ops
+            give the PIL replay within 1/255 (`augmentation.can_defer_ops`): `views` is then the resized crop and
+            `deferred_ops` (slots, 2) says what `augmentation.apply_ops_to_batch` must apply; other views are
+            augmented here and carry Identity rows.
         fast_resize: Do the horizontal pass of a bilinear JPEG crop's resize with torch's uint8 kernel (see
             `split_resize_views`). Faster; the resized crop is within 1/255 of PIL's, but the stored ops can
             amplify that (Solarize/Posterize flip thresholds), so it is off by default too.
@@ -183,6 +191,7 @@ class ReinforcedTrainingView:
         tokenize_captions: bool = True,
         reduce_on_decode: bool = False,
         fast_resize: bool = False,
+        defer_ops: bool = False,
     ):
         if caption_mode not in ("both", "random"):
             raise ValueError(f"caption_mode must be 'both' or 'random', got {caption_mode!r}.")
@@ -190,7 +199,7 @@ class ReinforcedTrainingView:
         self.reference_size, self.seed = reference_size, seed
         self.caption_mode, self.synthetic = caption_mode, synthetic
         self.tokenize_captions, self.reduce_on_decode = tokenize_captions, reduce_on_decode
-        self.fast_resize = fast_resize
+        self.fast_resize, self.defer_ops = fast_resize, defer_ops
 
     @classmethod
     def from_model_config(
@@ -283,12 +292,16 @@ class ReinforcedTrainingView:
         aug_index = int(rng.integers(num_augmentations))
         syn_index = int(rng.integers(num_synthetic)) if num_synthetic else -1
         params = AugmentationParams.from_json(sample.list_item("aug_params", aug_index))
+        deferred = self.defer_ops and can_defer_ops(params.ops)
         result = {
             "uid": uid,
-            "views": self._image_view(sample, params),
+            "views": self._image_view(sample, replace(params, ops=()) if deferred else params),
             "image_emb": sample.embedding("image_emb", aug_index),
             "aug_index": aug_index,
         }
+        if self.defer_ops:
+            result["deferred_ops"] = encode_deferred_ops(params if deferred else replace(params, ops=()),
+                                                         self.image_size, self.reference_size)
         caption = sample.scalar("caption")
         if self.caption_mode == "random":
             choice = int(rng.integers(1 + num_synthetic))
