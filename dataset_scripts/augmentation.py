@@ -152,7 +152,8 @@ def decode_rgb(data: bytes) -> Image.Image:
     """Decode encoded image bytes fully (so corrupt data fails here) and convert to RGB."""
     image = Image.open(io.BytesIO(data))
     image.load()
-    return image.convert("RGB")
+    # convert() copies even when the mode already matches, and a JPEG usually decodes straight to RGB.
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def sample_seed(seed: int, key: str) -> int:
@@ -289,6 +290,12 @@ def apply_augmentation(
     top, left, crop_h, crop_w = params.crop
     view = F.resized_crop(image, top, left, crop_h, crop_w, [size, size],
                           interpolation=_INTERPOLATIONS[interpolation], antialias=True)
+    return apply_stored_ops(view, params, reference_size)
+
+
+def apply_stored_ops(view: Image.Image, params: AugmentationParams, reference_size: int | None = None) -> Image.Image:
+    """The RandAugment part of `apply_augmentation`, on an already cropped and resized square `view`."""
+    size = view.width
     translate_scale = size / reference_size if reference_size and reference_size != size else 1.0
     for name, magnitude in params.ops:
         if name in _TRANSLATE_OPS:
@@ -297,12 +304,68 @@ def apply_augmentation(
     return view
 
 
+# RandAugment ops whose torchvision tensor implementation gives PIL's bytes on the same uint8 input, and those
+# within 1/255 of them (measured by tests/data/test_device_augment.py). Rotate's nearest-neighbour sampling
+# differs at rounding boundaries by far more, so it is never deferred.
+TENSOR_EXACT_OPS = frozenset(("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Brightness",
+                              "Posterize", "Solarize", "Equalize"))
+TENSOR_WITHIN_ONE_OPS = frozenset(("Color", "Contrast", "Sharpness", "AutoContrast"))
+DEFERRED_OP_SLOTS = 2  # RandAugment's num_ops in DataCompDR; views with more ops are augmented on the CPU
+
+
+def can_defer_ops(ops: Sequence[tuple[str, float]]) -> bool:
+    """Whether `apply_ops_to_batch` on uint8 tensors reproduces the PIL replay of `ops` within 1/255.
+
+    A 1/255 difference left by one op can be amplified by the next (a Solarize threshold flips the pixel), so only
+    the last op may be one that is merely within 1; every op before it must be exact.
+    """
+    names = [name for name, _ in ops]
+    return len(names) <= DEFERRED_OP_SLOTS and all(name in TENSOR_EXACT_OPS for name in names[:-1]) and (
+        not names or names[-1] in TENSOR_EXACT_OPS | TENSOR_WITHIN_ONE_OPS)
+
+
+def encode_deferred_ops(params: AugmentationParams, size: int, reference_size: int | None) -> torch.Tensor:
+    """(DEFERRED_OP_SLOTS, 2) float64 rows `[op_index, magnitude]`, padded with Identity, magnitudes as
+    `apply_stored_ops` applies them at `size` (TranslateX/Y rescaled from `reference_size`)."""
+    translate_scale = size / reference_size if reference_size and reference_size != size else 1.0
+    rows = [[float(RAND_AUGMENT_OPS.index(name)), magnitude * translate_scale if name in _TRANSLATE_OPS
+             else float(magnitude)] for name, magnitude in params.ops]
+    rows += [[0.0, 0.0]] * (DEFERRED_OP_SLOTS - len(rows))
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def apply_ops_to_batch(views: torch.Tensor, deferred_ops: torch.Tensor) -> torch.Tensor:
+    """Apply each view's deferred ops (`encode_deferred_ops`, stacked (B, slots, 2)) to uint8 (B, 3, S, S) views,
+    on their device: one torchvision call per distinct (op, magnitude) and slot, on the views that share it."""
+    views = views.clone()
+    rows = deferred_ops.tolist()
+    for slot in range(deferred_ops.shape[1]):
+        groups: dict[tuple[int, float], list[int]] = {}
+        for sample, sample_ops in enumerate(rows):
+            op_index, magnitude = sample_ops[slot]
+            if op_index:  # 0 is Identity
+                groups.setdefault((int(op_index), magnitude), []).append(sample)
+        for (op_index, magnitude), samples in groups.items():
+            index = torch.tensor(samples, device=views.device)
+            name = RAND_AUGMENT_OPS[op_index]
+            views[index] = apply_rand_augment_op(views[index], name, int(magnitude) if name == "Posterize"
+                                                 else magnitude)
+    return views
+
+
 __all__ = [
     "RAND_AUGMENT_OPS",
     "AugmentationConfig",
     "AugmentationParams",
+    "DEFERRED_OP_SLOTS",
+    "TENSOR_EXACT_OPS",
+    "TENSOR_WITHIN_ONE_OPS",
     "apply_augmentation",
+    "apply_ops_to_batch",
     "apply_rand_augment_op",
+    "apply_stored_ops",
+    "can_defer_ops",
+    "encode_deferred_ops",
     "decode_rgb",
     "sample_augmentation",
     "sample_crop",

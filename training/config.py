@@ -74,6 +74,10 @@ class TrainingConfig:
     """RandomResizedCrop area range for data *without* stored augmentations (views are sampled per epoch)."""
     rand_augment: bool = True
     """Apply RandAugment to views sampled for data without stored augmentations (DataCompDR's recipe)."""
+    augment_on_device: bool = False
+    """Reinforced data: the loader yields the resized crop and the stored RandAugment ops run on the whole batch on
+    the accelerator, for the views whose ops torchvision's tensor ops reproduce within 1/255 of the CPU replay
+    (all but Rotate; `dataset_scripts.augmentation.can_defer_ops`); the others are augmented in the loader."""
     streaming: bool | None = None
     """Stream the shards instead of reading map-style (no Arrow copy, no random access; see training/streaming.py).
     null: automatic, on for WebDataset `*.tar` patterns and Hub dataset ids."""

@@ -17,7 +17,8 @@ The dataset is map-style (`load_dataset` without streaming), which `datasets` ba
 
 Views are uint8 (3, S, S) at the student's resolution, under the batch key `views`; they are normalised once, on
 the device, by `training.step.normalize_views` (the online teachers resize and normalise the same uint8 views
-themselves). Teacher embeddings stay float16 in the batch; the loss casts them to float32.
+themselves). With `augment_on_device`, reinforced views arrive resized but not yet augmented, with `deferred_ops`,
+and the training loop applies those RandAugment ops to the batch on the device first. Teacher embeddings stay float16 in the batch; the loss casts them to float32.
 """
 
 from __future__ import annotations
@@ -218,6 +219,8 @@ class TrainingViews:
             self.view = ReinforcedTrainingView(
                 tokenizer, image_size=image_size, interpolation=resample, reference_size=spec.augmentation.size,
                 seed=config.seed, caption_mode=self.caption_mode, synthetic=spec.use_synthetic_captions,
+                tokenize_captions=False,  # the Collator tokenizes the whole batch in one call
+                defer_ops=config.augment_on_device,
             )
         else:
             self.augmentation = AugmentationConfig(
@@ -230,7 +233,7 @@ class TrainingViews:
 
     def _reinforced(self, row: Any, epoch: int) -> dict[str, Any]:
         out = self.view(row, epoch)
-        keep = ["views", "input_ids", "caption", "syn_input_ids", "syn_caption"]
+        keep = ["views", "deferred_ops", "input_ids", "caption", "syn_input_ids", "syn_caption"]
         if self.with_targets:
             keep += ["image_emb", "text_emb", "syn_text_emb"]
         return {name: out[name] for name in keep if name in out}
@@ -301,7 +304,7 @@ class Collator:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {}
-        for key in ("views", "input_ids", "syn_input_ids", "image_emb", "text_emb", "syn_text_emb"):
+        for key in ("views", "deferred_ops", "input_ids", "syn_input_ids", "image_emb", "text_emb", "syn_text_emb"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         for text_key, ids_key in (("caption", "input_ids"), ("syn_caption", "syn_input_ids")):

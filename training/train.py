@@ -38,6 +38,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from dataset_scripts.augmentation import apply_ops_to_batch
 from evaluation.datasets_io import load_eval_dataset, read_classnames
 from evaluation.zero_shot import evaluate_zero_shot
 from modeling_mobileclip import MobileCLIPConfig, MobileCLIPModel
@@ -384,6 +385,8 @@ def _train(config: TrainingConfig, on_gradients: OnGradients | None, data: Train
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if "deferred_ops" in batch:  # augment_on_device: the loader left these RandAugment ops to the device
+            batch["views"] = apply_ops_to_batch(batch["views"], batch.pop("deferred_ops"))
         losses = accumulate_gradients(model, batch, loss_fn, unwrapped.logit_scale, normalize, teachers,
                                       accumulation_steps, accelerator)
         if on_gradients is not None:
