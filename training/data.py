@@ -18,7 +18,8 @@ The dataset is map-style (`load_dataset` without streaming), which `datasets` ba
 Views are uint8 (3, S, S) at the student's resolution, under the batch key `views`; they are normalised once, on
 the device, by `training.step.normalize_views` (the online teachers resize and normalise the same uint8 views
 themselves). With `augment_on_device`, reinforced views arrive resized but not yet augmented, with `deferred_ops`,
-and the training loop applies those RandAugment ops to the batch on the device first. Teacher embeddings stay float16 in the batch; the loss casts them to float32.
+and the training loop applies those RandAugment ops to the batch on the device first. Teacher embeddings stay float16
+in the batch; the loss casts them to float32.
 """
 
 from __future__ import annotations
