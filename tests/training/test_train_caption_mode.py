@@ -62,6 +62,7 @@ def _training_samples(data: Path, **values):
 
 def test_random_caption_mode_draws_every_real_caption_of_a_row(column_caption_data):
     from training.config import ConfigError
+    from training.data import Collator
 
     # The sample names the drawn caption too (mode online: the teachers embed the caption text).
     _, dataset, samples, tokenizer = _training_samples(column_caption_data, caption_mode="random")
@@ -74,8 +75,9 @@ def test_random_caption_mode_draws_every_real_caption_of_a_row(column_caption_da
         drawn = set()
         for epoch in range(40):
             sample = samples[(row, epoch)]
-            assert "syn_input_ids" not in sample
-            matches = [c for c in range(len(candidates)) if torch.equal(sample["input_ids"], tokens[c])]
+            batch = Collator(tokenizer)([sample])  # training tokenizes a batch's captions in its collator
+            assert "syn_input_ids" not in batch
+            matches = [c for c in range(len(candidates)) if torch.equal(batch["input_ids"][0], tokens[c])]
             assert len(matches) == 1, (row, epoch)  # exactly one of the row's real captions
             assert sample["caption"] == candidates[matches[0]] and "syn_caption" not in sample
             # Its own teacher embedding (never a zero padding row) comes with it.
