@@ -42,7 +42,7 @@ FIRST_256 = {"--split": "train[:256]"}  # retrieval over all 1,906 emoji (~6,700
 
 # README block -> (the tests that run it, "as written" or the overrides and why).
 BLOCKS = {
-    f"{TITLE} | pip install torch==2.14.1": ("test_fresh_machine_installs_and_ci / test_fresh_machine_main_job", "installs: the pinned versions and the package with its extras are what is installed (not run: no network); the quickstart with `--scale tiny` (its CI scale; the default takes ~14 min); the test command: `.ci/run` runs this exact line (the suite does not run itself)"),
+    f"{TITLE} | pip install torch==2.14.1": ("test_fresh_machine_installs_and_ci / test_fresh_machine_main_job", "installs: the pinned versions and the package with its extras are what is installed (not run: no network); the quickstart with `--scale tiny` (its CI scale; the default takes ~15 min); the test command: `.ci/run` runs this exact line (the suite does not run itself)"),
     "Models | import torch": ("test_python_snippets", "`path/or/hub-id` -> a saved mobileclip-tiny folder, `cat.png` -> a bundled emoji image"),
     "Converting official checkpoints | python -m modeling_mobileclip.convert": ("test_convert_commands", "Hub ids resolve from a Hugging Face cache written in the real layout (deterministic Apple S0 weights, random open_clip weights); `timm/MobileCLIP2-S4-OpenCLIP` -> `-S0-` and `mobileclip2_s3.pt` -> `mobileclip2_s0.pt` (S4/S3 are too large for CI); `--all` converts what that cache holds; the comment's `--reparameterize` is run too"),
     "Format | README.md YAML `configs:`": ("test_tiny_end_to_end_run", "not a command: a listing of a dataset folder, checked against the folder the tiny reinforce run writes"),
