@@ -92,9 +92,10 @@ def _decoded_sample(key: str, members: dict[str, bytes], shard: str) -> dict[str
     return {**row, "__key__": key, "__url__": shard}
 
 
-def _tar_rows(shards: list[str], versions: list[str], columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    # `versions` is not read: it is in the generator's arguments so that `datasets`' cache of the rows is keyed by
-    # the shards' contents, not only by their paths.
+def _tar_rows(shards: list[str], columns: tuple[str, ...], versions: list[str] | None = None
+              ) -> Iterator[dict[str, Any]]:
+    # `versions` is not read: map-style reads pass it so that `datasets`' cache of the rows is keyed by the shards'
+    # contents, not only by their paths (a stream caches nothing, so it skips one metadata call per shard).
     for shard in shards:
         for key, members in iter_tar_samples(shard):
             sample = _decoded_sample(key, members, shard)
@@ -130,13 +131,13 @@ def open_tar_dataset(files: Sequence[str], split: str, streaming: bool = False):
     are split between DataLoader workers."""
     shards = _tar_shards(files)
     features = _tar_features(shards[0])
-    arguments = {"shards": shards, "versions": [_shard_version(shard) for shard in shards],
-                 "columns": tuple(features)}
+    arguments = {"shards": shards, "columns": tuple(features)}
     if streaming:
         if "[" in split:
             raise ValueError(f"Split {split!r}: slicing is map-style only; a stream reads whole shards.")
         return datasets.IterableDataset.from_generator(_tar_rows, features=features, gen_kwargs=arguments,
                                                        split=datasets.NamedSplit(split_name(split)))
+    arguments["versions"] = [_shard_version(shard) for shard in shards]
     dataset = datasets.Dataset.from_generator(_tar_rows, features=features, gen_kwargs=arguments,
                                               split=datasets.NamedSplit(split_name(split)))
     if "[" not in split:
