@@ -32,9 +32,10 @@ from modeling_mobileclip.loading import fuse_for_inference
 from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 
 from .held_out import RECALL_K, TOP_K, HeldOutSet
-
-PER_IMAGE = "reciprocal_ranks"
 from .settings import CHOOSING_SET, MODES, PRIMARY_SET, STUDENT_VARIANT, Settings, curve_steps
+
+# The key under which a names task's per-image reciprocal ranks are stored (for `report.bootstrap_factor`).
+PER_IMAGE = "reciprocal_ranks"
 
 
 class ModelEncoder(Teacher):
