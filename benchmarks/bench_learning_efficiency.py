@@ -7,7 +7,8 @@ Runs `python -m training.quickstart --seed S --output-dir ROOT/seed_S` for each 
 `learning_curves.json` yet (`--parallel N` runs N seeds at once, one thread each), then prints a Markdown table
 (per seed and mean +- sample standard deviation) of the factor on the primary metric (names mean reciprocal rank on
 the reported Noto images) with its bootstrap 90% interval, the factor on names top-5, and the final held-out scores
-of the plain and the reinforced student, and writes `ROOT/learning_curves_seeds.png` (every seed's primary-metric curves).
+of the plain and the reinforced student, and writes `ROOT/learning_curves_seeds.png` (every seed's primary-metric
+curves).
 """
 
 from __future__ import annotations

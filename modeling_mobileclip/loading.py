@@ -1,7 +1,8 @@
 """The one way this project loads a model and its processor, with its trust policy for remote code.
 
 Evaluation, teachers and export all load through here, and every inference-only path runs the fused form that
-:func:`fuse_for_inference` gives (same function within fp32 rounding, faster: one branch per block). Only `config.json` is read to decide: MobileCLIP folders load
+:func:`fuse_for_inference` gives (same function within fp32 rounding, faster: one branch per block).
+Only `config.json` is read to decide: MobileCLIP folders load
 with this package's own classes (the Python files saved beside them are never imported); other models load with
 `AutoModel` / `AutoProcessor` / `AutoTokenizer` and `trust_remote_code` exactly as given. A config that needs custom
 code without trust raises :class:`RemoteCodeError`, never transformers' interactive prompt.
