@@ -49,6 +49,11 @@ if str(REPO_ROOT) not in sys.path:
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
+# pytest-xdist runs the suite in several worker processes (pyproject.toml's addopts): each gets its share of the cores,
+# so that OpenMP threads of two workers never spin against each other (10-100x slower steps on a shared 2-core box).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def pytest_configure(config):
     missing = [package for module, package in ORACLE_LIBRARIES.items() if importlib.util.find_spec(module) is None]

@@ -20,6 +20,7 @@ from modeling_mobileclip.atomic import atomic_folder
 
 from ..config_loading import CONFIGS_DIR, build_config
 from ..train import train
+from .scoring import score_own_curve
 from .settings import MODES, PRESET, STUDENT_VARIANT, TEACHER_VARIANT, Settings, eval_interval
 
 
@@ -110,16 +111,18 @@ def train_student(mode: str, settings: Settings, data: Path, output_dir: Path, d
     return _copy_folder_once(result.model_dir, folder)
 
 
-def _train_student_in_process(mode: str, settings: Settings, data: Path, output_dir: Path, device: str,
-                              threads: int) -> None:
+def _train_and_score_student_in_process(mode: str, settings: Settings, data: Path, output_dir: Path, device: str,
+                                        threads: int) -> None:
     torch.set_num_threads(threads)
     train_student(mode, settings, data, output_dir, device)
+    score_own_curve(mode, settings, output_dir, device)
 
 
 def train_students(settings: Settings, data: Path, output_dir: Path, device: str) -> None:
     """Both students. On a multi-core CPU they train at the same time, as two processes that split the threads:
-    measured on 2 cores, two 1-thread runs make 5.1 steps/s each where one 2-thread run makes 6.5. The curves do
-    not depend on it beyond floating-point summation order (tested: equal to training one after the other)."""
+    measured on 2 cores, two 1-thread runs make 5.1 steps/s each where one 2-thread run makes 6.5. Each process then
+    scores its own learning curve (stage 4 reuses those points), for the same reason. The curves do not depend on
+    it beyond floating-point summation order (tested: equal to training one after the other)."""
     pending = [mode for mode in MODES if not (output_dir / "students" / mode / "config.json").is_file()]
     threads = torch.get_num_threads()
     if not (device == "cpu" and len(pending) == 2 and settings.scale in CONCURRENT_SCALES and (os.cpu_count() or 1) > 1):
@@ -127,7 +130,7 @@ def train_students(settings: Settings, data: Path, output_dir: Path, device: str
             train_student(mode, settings, data, output_dir, device)
         return
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no shared Accelerate state or threads
-    processes = [context.Process(target=_train_student_in_process, name=f"{mode} student",
+    processes = [context.Process(target=_train_and_score_student_in_process, name=f"{mode} student",
                                  args=(mode, settings, data, output_dir, device, max(1, threads // 2)))
                  for mode in pending]
     for process in processes:

@@ -31,8 +31,9 @@ from modeling_mobileclip.atomic import write_json_atomic
 from modeling_mobileclip.loading import fuse_for_inference
 from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 
-from .held_out import RECALL_K, TOP_K, HeldOutSet
-from .settings import CHOOSING_SET, MODES, PRIMARY_SET, STUDENT_VARIANT, Settings, curve_steps
+from .held_out import RECALL_K, TOP_K, HeldOutSet, build_held_out_sets, load_style
+from .settings import (CHOOSING_SET, MODES, PRIMARY_SET, STUDENT_STYLE, STUDENT_VARIANT, UNSEEN_STYLE, Settings,
+                       curve_steps)
 
 # The key under which a names task's per-image reciprocal ranks are stored (for `report.bootstrap_factor`).
 PER_IMAGE = "reciprocal_ranks"
@@ -167,26 +168,50 @@ def student_at(step: int, mode: str, settings: Settings, output_dir: Path) -> Mo
     return model
 
 
-def evaluate_students(settings: Settings, held_out: dict[str, HeldOutSet], output_dir: Path,
-                      device: str) -> dict[str, list[dict]]:
-    """Every curve point of both students on every held-out set; each point is stored once (reruns reuse it)."""
+def _point_path(points_dir: Path, mode: str, step: int) -> Path:
+    # Step 0 is the shared initialisation (same seed, same construction): evaluated once for both students.
+    return points_dir / ("init.json" if step == 0 else f"{mode}_step_{step}.json")
+
+
+def score_curve_points(mode: str, settings: Settings, held_out: dict[str, HeldOutSet], output_dir: Path,
+                       device: str, steps: Sequence[int], token_cache: dict[tuple[str, ...], torch.Tensor],
+                       progress: tqdm | None = None) -> None:
+    """Scores `steps` of one student's curve that are not stored yet, each into its own file (reruns reuse it)."""
     tokenizer = MobileCLIPProcessor.from_variant(STUDENT_VARIANT).tokenizer
     points_dir = output_dir / "curve_points"
     points_dir.mkdir(parents=True, exist_ok=True)
-    curves: dict[str, list[dict]] = {}
-    token_cache: dict[tuple[str, ...], torch.Tensor] = {}
-    work = [(mode, step) for mode in MODES for step in curve_steps(settings)]
-    for mode, step in tqdm(work, desc="learning curves", disable=settings.scale == "tiny"):
-        # Step 0 is the shared initialisation (same seed, same construction): evaluated once for both students.
-        path = points_dir / ("init.json" if step == 0 else f"{mode}_step_{step}.json")
+    for step in steps:
+        path = _point_path(points_dir, mode, step)
         if not path.is_file():
             student = fuse_for_inference(student_at(step, mode, settings, output_dir))  # scored only: fused is faster
             encoder = ModelEncoder(student, tokenizer, f"{mode}@{step}", torch.device(device), token_cache)
             ends = step in (0, settings.student_steps)
             point = {"step": step, **(evaluate_on_sets if ends else evaluate_curve_point)(encoder, held_out)}
             write_json_atomic(path, point)
-        curves.setdefault(mode, []).append(json.loads(path.read_text()))
-    return curves
+        if progress is not None:
+            progress.update()
+
+
+def score_own_curve(mode: str, settings: Settings, output_dir: Path, device: str) -> None:
+    """One student's curve, scored by the process that trained it (see `runs.train_students`): the two students'
+    processes score at the same time what stage 4 would otherwise score one point after the other. The first
+    mode's process also scores the shared initialisation."""
+    held_out = build_held_out_sets(load_style(STUDENT_STYLE, settings.rows_per_style),
+                                   load_style(UNSEEN_STYLE, settings.rows_per_style))
+    steps = [step for step in curve_steps(settings) if step or mode == MODES[0]]
+    score_curve_points(mode, settings, held_out, output_dir, device, steps, token_cache={})
+
+
+def evaluate_students(settings: Settings, held_out: dict[str, HeldOutSet], output_dir: Path,
+                      device: str) -> dict[str, list[dict]]:
+    """Every curve point of both students on every held-out set; each point is stored once (reruns reuse it)."""
+    token_cache: dict[tuple[str, ...], torch.Tensor] = {}
+    steps = curve_steps(settings)
+    with tqdm(total=len(MODES) * len(steps), desc="learning curves", disable=settings.scale == "tiny") as progress:
+        for mode in MODES:
+            score_curve_points(mode, settings, held_out, output_dir, device, steps, token_cache, progress)
+    points_dir = output_dir / "curve_points"
+    return {mode: [json.loads(_point_path(points_dir, mode, step).read_text()) for step in steps] for mode in MODES}
 
 
 def evaluate_teachers(specs: list[str], held_out: dict[str, HeldOutSet], device: str) -> dict[str, dict]:
@@ -196,5 +221,6 @@ def evaluate_teachers(specs: list[str], held_out: dict[str, HeldOutSet], device:
 
 __all__ = [
     "EnsembleEncoder", "ModelEncoder", "PER_IMAGE", "evaluate_curve_point", "evaluate_encoder", "evaluate_on_sets",
-    "evaluate_students", "evaluate_teachers", "reciprocal_ranks", "retrieval_recalls", "student_at", "top_k_accuracy",
+    "evaluate_students", "evaluate_teachers", "reciprocal_ranks", "retrieval_recalls", "score_curve_points",
+    "score_own_curve", "student_at", "top_k_accuracy",
 ]
