@@ -15,6 +15,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import REPO_ROOT
 from eval_helpers import embed_with_saved_model, hand_mean_reciprocal_rank, hand_retrieval_recalls, hand_top_k
@@ -243,14 +244,26 @@ def test_quickstart_runs_the_experiment_and_writes_every_artefact(fresh_accelera
     assert saved["factor"]["interval_90"] == list(bootstrap_factor(steps, *ranks, seed=0))
     assert f"{saved['factor']['interval_90'][0]:.2f}x to {saved['factor']['interval_90'][1]:.2f}x" in printed
 
-    # The two students trained at the same time (two processes, as the default scale does on a multi-core CPU) are
-    # the students trained one after the other: same curves, same factor.
+    # Runs side by side (processes, as the default scale does on a multi-core CPU) give what runs one after the other
+    # give. Here with an ensemble of two teachers, trained side by side: the first is the single run's teacher (same
+    # seed), the second has its own seed; the reinforced data holds both teachers' embeddings and logit scales. The
+    # plain student, which no teacher touches, has the sequential run's curve, scored by its own process.
     import training.quickstart.runs as quickstart_runs
 
     monkeypatch.setattr(quickstart_runs, "CONCURRENT_SCALES", ("tiny",))
-    concurrent = main(["--output-dir", str(tmp_path / "concurrent"), *TINY])
-    assert concurrent["students"] == curves["students"] and concurrent["factor"] == curves["factor"]
+    ensemble_dir = tmp_path / "ensemble"
+    ensemble = main(["--output-dir", str(ensemble_dir), *TINY, "--num-teachers", "2"])
     monkeypatch.undo()
+    assert ensemble["teachers"] == [f"hf:{ensemble_dir / name / 'model'}" for name in ("teacher", "teacher_2")]
+    first, second = [load_file(str(ensemble_dir / name / "model" / "model.safetensors"))
+                     for name in ("teacher", "teacher_2")]
+    single = load_file(str(output / "teacher" / "model" / "model.safetensors"))
+    assert all(torch.equal(first[key], single[key]) for key in single)
+    assert not all(torch.equal(first[key], second[key]) for key in first)
+    ensemble_metadata = load_reinforcement_metadata(ensemble_dir / "reinforced")
+    assert ensemble_metadata.teacher_logit_scales[0] == pytest.approx(metadata.teacher_logit_scales[0], rel=1e-6)
+    assert len(ensemble_metadata.teacher_logit_scales) == 2
+    assert ensemble["students"]["clip"] == curves["students"]["clip"]
 
     # A rerun reuses every stage and reproduces the curves; other settings are refused.
     capsys.readouterr()

@@ -74,22 +74,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
                              "default none: the emoji's own captions only")
     parser.add_argument("--seed", type=int, default=0, help="seeds the teacher, the data order, the students")
     parser.add_argument("--num-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    for name, kind in (("teacher-steps", int), ("student-steps", int), ("num-augmentations", int),
-                       ("kd-weight", float), ("eval-points", int)):
+    for name, kind in (("teacher-steps", int), ("num-teachers", int), ("student-steps", int),
+                       ("num-augmentations", int), ("kd-weight", float), ("eval-points", int)):
         parser.add_argument(f"--{name}", type=kind, default=None, help="override the scale's value")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device.")
+    if args.teacher and args.num_teachers is not None:
+        parser.error("--num-teachers sets how many teachers the quickstart trains; with --teacher it trains none.")
     values = {**SCALES[args.scale], "scale": args.scale, "seed": args.seed, "teachers": tuple(args.teacher),
               "captioner": args.captioner}
-    for name in ("teacher_steps", "student_steps", "num_augmentations", "kd_weight", "eval_points"):
+    for name in ("teacher_steps", "num_teachers", "student_steps", "num_augmentations", "kd_weight", "eval_points"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     settings = Settings(**values)
-    if settings.student_steps < settings.eval_points or min(settings.teacher_steps, settings.eval_points,
-                                                            settings.num_augmentations) < 1:
-        parser.error("need --teacher-steps, --num-augmentations, --eval-points >= 1 and --student-steps >= "
-                     "--eval-points.")
+    if settings.student_steps < settings.eval_points or min(settings.teacher_steps, settings.num_teachers,
+                                                            settings.eval_points, settings.num_augmentations) < 1:
+        parser.error("need --teacher-steps, --num-teachers, --num-augmentations, --eval-points >= 1 and "
+                     "--student-steps >= --eval-points.")
     if not 0.0 < settings.kd_weight <= 1.0:
         parser.error(f"--kd-weight must lie in (0, 1], got {settings.kd_weight}.")
     return args, settings

@@ -14,7 +14,7 @@ from modeling_mobileclip.atomic import write_json_atomic
 
 from .held_out import build_held_out_sets, chance_levels, load_style, train_rows, write_parquet_once
 from .report import bootstrap_factor, learning_efficiency_factor, plot_learning_curves
-from .runs import check_teachers, reinforce_student_data, train_students, train_teacher
+from .runs import check_teachers, reinforce_student_data, train_students, train_teachers
 from .scoring import PER_IMAGE, evaluate_students, evaluate_teachers
 from .settings import (CHOOSING_SET, CURVES_FILE, MODES, PLOT_FILE, PRIMARY_METRIC, PRIMARY_SET, SECONDARY_METRIC,
                        STUDENT_STYLE, STUDENT_VARIANT, STYLE_NAMES, TEACHER_VARIANT, TEMPLATES, UNSEEN_STYLE, Settings,
@@ -40,12 +40,13 @@ def run(output_dir: Path, settings: Settings, device: str) -> dict[str, Any]:
     if teachers:
         _stage(1, f"Teachers: {teachers}")
     else:
-        _stage(1, f"Training the teacher ({TEACHER_VARIANT}, plain CLIP loss, {settings.teacher_steps} steps) on the "
+        count = f"{settings.num_teachers} teachers" if settings.num_teachers > 1 else "the teacher"
+        _stage(1, f"Training {count} ({TEACHER_VARIANT}, plain CLIP loss, {settings.teacher_steps} steps) on the "
                   "train rows of both styles")
         both = datasets.concatenate_datasets([train_rows(student_style), train_rows(unseen_style)])
         source = write_parquet_once(both.select_columns(["image", "captions"]),
                                     output_dir / "source" / "teacher" / "train.parquet")
-        teachers = [f"hf:{train_teacher(settings, source.parent, output_dir, device)}"]
+        teachers = [f"hf:{folder}" for folder in train_teachers(settings, source.parent, output_dir, device)]
     seconds["teacher"] = time.perf_counter() - start
 
     start = time.perf_counter()

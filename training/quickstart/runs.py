@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,25 @@ def _copy_folder_once(source: Path, destination: Path) -> Path:
     return destination
 
 
-def train_teacher(settings: Settings, source: Path, output_dir: Path, device: str) -> Path:
+def teacher_seed(settings: Settings, index: int) -> int:
+    """Teacher `index` of the ensemble: its own initialisation and data order (far from the other runs' seeds)."""
+    return settings.seed + 1000 * index
+
+
+def teacher_folder(output_dir: Path, index: int) -> Path:
+    return output_dir / ("teacher" if index == 0 else f"teacher_{index + 1}") / "model"
+
+
+def train_teacher(settings: Settings, source: Path, output_dir: Path, device: str, index: int = 0) -> Path:
     """A `mobileclip-tiny-wide` CLIP model trained on both styles' train rows (reused when already saved)."""
-    folder = output_dir / "teacher" / "model"
+    folder = teacher_folder(output_dir, index)
     if (folder / "config.json").is_file():
         print(f"Reusing the teacher in {folder}.")
         return folder
     config = _config(
-        settings, device, variant=TEACHER_VARIANT, mode="clip", train_data=str(source), caption_column="captions",
-        output_dir=str(output_dir / "teacher" / "run"), max_steps=settings.teacher_steps,
+        settings, device, seed=teacher_seed(settings, index), variant=TEACHER_VARIANT, mode="clip",
+        train_data=str(source), caption_column="captions",
+        output_dir=str(folder.parent / "run"), max_steps=settings.teacher_steps,
         per_device_batch_size=settings.teacher_batch_size, learning_rate=settings.teacher_learning_rate,
         warmup_steps=max(1, settings.teacher_steps // 10), crop_scale=list(settings.crop_scale),
         save_steps=max(1, settings.teacher_steps // 4), save_total_limit=1,
@@ -63,6 +74,16 @@ def train_teacher(settings: Settings, source: Path, output_dir: Path, device: st
     )
     result = train(config)
     return _copy_folder_once(result.model_dir, folder)
+
+
+def train_teachers(settings: Settings, source: Path, output_dir: Path, device: str) -> list[Path]:
+    """The `num_teachers` teachers of the ensemble, side by side on a multi-core CPU (see `train_students`)."""
+    pending = [i for i in range(settings.num_teachers) if not (teacher_folder(output_dir, i) / "config.json").is_file()]
+    if _side_by_side(settings, device, len(pending)):
+        _run_side_by_side([(f"teacher {index + 1}", train_teacher, (settings, source, output_dir, device, index))
+                           for index in pending])
+        return [teacher_folder(output_dir, index) for index in range(settings.num_teachers)]
+    return [train_teacher(settings, source, output_dir, device, index) for index in range(settings.num_teachers)]
 
 
 def check_teachers(specs: list[str], device: str) -> list[str]:
@@ -111,28 +132,21 @@ def train_student(mode: str, settings: Settings, data: Path, output_dir: Path, d
     return _copy_folder_once(result.model_dir, folder)
 
 
-def _train_and_score_student_in_process(mode: str, settings: Settings, data: Path, output_dir: Path, device: str,
-                                        threads: int) -> None:
+def _side_by_side(settings: Settings, device: str, runs: int) -> bool:
+    return device == "cpu" and runs > 1 and settings.scale in CONCURRENT_SCALES and (os.cpu_count() or 1) > 1
+
+
+def _with_threads(threads: int, function: Callable[..., Any], *args: Any) -> None:
     torch.set_num_threads(threads)
-    train_student(mode, settings, data, output_dir, device)
-    score_own_curve(mode, settings, output_dir, device)
+    function(*args)
 
 
-def train_students(settings: Settings, data: Path, output_dir: Path, device: str) -> None:
-    """Both students. On a multi-core CPU they train at the same time, as two processes that split the threads:
-    measured on 2 cores, two 1-thread runs make 5.1 steps/s each where one 2-thread run makes 6.5. Each process then
-    scores its own learning curve (stage 4 reuses those points), for the same reason. The curves do not depend on
-    it beyond floating-point summation order (tested: equal to training one after the other)."""
-    pending = [mode for mode in MODES if not (output_dir / "students" / mode / "config.json").is_file()]
-    threads = torch.get_num_threads()
-    if not (device == "cpu" and len(pending) == 2 and settings.scale in CONCURRENT_SCALES and (os.cpu_count() or 1) > 1):
-        for mode in MODES:
-            train_student(mode, settings, data, output_dir, device)
-        return
+def _run_side_by_side(jobs: list[tuple[str, Callable[..., Any], tuple]]) -> None:
+    """Each (name, function, args) in its own process, the threads split between them."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no shared Accelerate state or threads
-    processes = [context.Process(target=_train_and_score_student_in_process, name=f"{mode} student",
-                                 args=(mode, settings, data, output_dir, device, max(1, threads // 2)))
-                 for mode in pending]
+    threads = max(1, torch.get_num_threads() // len(jobs))
+    processes = [context.Process(target=_with_threads, name=name, args=(threads, function, *args))
+                 for name, function, args in jobs]
     for process in processes:
         process.start()
     for process in processes:
@@ -143,5 +157,24 @@ def train_students(settings: Settings, data: Path, output_dir: Path, device: str
                            "to resume from the last checkpoints.")
 
 
-__all__ = ["CONCURRENT_SCALES", "LOADER_WORKERS", "check_teachers", "reinforce_student_data", "train_student",
-           "train_students", "train_teacher"]
+def _train_and_score_student(mode: str, settings: Settings, data: Path, output_dir: Path, device: str) -> None:
+    train_student(mode, settings, data, output_dir, device)
+    score_own_curve(mode, settings, output_dir, device)
+
+
+def train_students(settings: Settings, data: Path, output_dir: Path, device: str) -> None:
+    """Both students. On a multi-core CPU they train at the same time, as two processes that split the threads:
+    measured on 2 cores, two 1-thread runs make 5.1 steps/s each where one 2-thread run makes 6.5. Each process then
+    scores its own learning curve (stage 4 reuses those points), for the same reason. The curves do not depend on
+    it beyond floating-point summation order (tested: equal to training one after the other)."""
+    pending = [mode for mode in MODES if not (output_dir / "students" / mode / "config.json").is_file()]
+    if _side_by_side(settings, device, len(pending)):
+        _run_side_by_side([(f"{mode} student", _train_and_score_student, (mode, settings, data, output_dir, device))
+                           for mode in pending])
+        return
+    for mode in MODES:
+        train_student(mode, settings, data, output_dir, device)
+
+
+__all__ = ["CONCURRENT_SCALES", "LOADER_WORKERS", "check_teachers", "reinforce_student_data", "teacher_folder",
+           "teacher_seed", "train_student", "train_students", "train_teacher", "train_teachers"]

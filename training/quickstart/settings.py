@@ -39,6 +39,8 @@ class Settings:
     teacher_steps: int = 800
     teacher_batch_size: int = 64
     teacher_learning_rate: float = 2e-3
+    num_teachers: int = 1
+    """Teachers trained (each with its own seed), an ensemble whose embeddings are all stored; 1: one teacher."""
     student_steps: int = 1200
     student_batch_size: int = 32
     student_learning_rate: float = 2e-3
