@@ -311,3 +311,27 @@ def test_scales_keep_the_default_within_its_cpu_budget_shape():
     assert default.rows_per_style is None and full.rows_per_style is None  # all 1,906 emoji of both styles
     assert default.eval_points >= 10 and full.eval_points >= 10  # at least 10 points on each learning curve
     assert full.student_steps > default.student_steps and full.teacher_steps > default.teacher_steps
+
+
+def test_curve_points_score_the_students_ema_when_asked(fresh_accelerate_state, emoji_subset, tmp_path):
+    """With `--ema-decay d` a curve point scores the checkpoint's EMA: after one step, d * initial + (1 - d) * trained
+    for every floating tensor (BatchNorm statistics included), the formula of MobileCLIP's EMA."""
+    from training.config_loading import CONFIGS_DIR, build_config
+    from training.quickstart.scoring import student_at
+    from training.quickstart.settings import Settings
+    from training.train import train
+
+    decay, settings = 0.9, Settings(seed=3, student_steps=2, ema_decay=0.9)
+    train(build_config(CONFIGS_DIR / "tiny-cpu-clip.yaml", {
+        "train_data": str(emoji_subset.parent), "output_dir": str(tmp_path / "runs" / "clip"), "max_steps": 2,
+        "train_split": "test", "per_device_batch_size": 8, "save_steps": 1, "report_to": "none", "seed": settings.seed,
+        "ema_decay": decay}))
+    initial = student_at(0, "clip", settings, tmp_path).state_dict()
+    trained = load_file(str(tmp_path / "runs" / "clip" / "checkpoints" / "step_1" / "model.safetensors"))
+    scored = student_at(1, "clip", settings, tmp_path).state_dict()
+    floating = [key for key, value in initial.items() if value.is_floating_point()]
+    assert any(not torch.equal(trained[key], initial[key]) for key in floating)
+    for key in floating:
+        torch.testing.assert_close(scored[key], decay * initial[key] + (1 - decay) * trained[key], msg=key)
+    raw = student_at(1, "clip", Settings(seed=3, student_steps=2), tmp_path).state_dict()
+    assert all(torch.equal(raw[key], trained[key]) for key in floating)

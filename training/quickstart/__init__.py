@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
     parser.add_argument("--seed", type=int, default=0, help="seeds the teacher, the data order, the students")
     parser.add_argument("--num-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     for name, kind in (("teacher-steps", int), ("num-teachers", int), ("student-steps", int),
-                       ("num-augmentations", int), ("kd-weight", float), ("eval-points", int)):
+                       ("num-augmentations", int), ("kd-weight", float), ("ema-decay", float), ("eval-points", int)):
         parser.add_argument(f"--{name}", type=kind, default=None, help="override the scale's value")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -84,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
         parser.error("--num-teachers sets how many teachers the quickstart trains; with --teacher it trains none.")
     values = {**SCALES[args.scale], "scale": args.scale, "seed": args.seed, "teachers": tuple(args.teacher),
               "captioner": args.captioner}
-    for name in ("teacher_steps", "num_teachers", "student_steps", "num_augmentations", "kd_weight", "eval_points"):
+    for name in ("teacher_steps", "num_teachers", "student_steps", "num_augmentations", "kd_weight", "ema_decay",
+                 "eval_points"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     settings = Settings(**values)
@@ -92,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
                                                             settings.eval_points, settings.num_augmentations) < 1:
         parser.error("need --teacher-steps, --num-teachers, --num-augmentations, --eval-points >= 1 and "
                      "--student-steps >= --eval-points.")
+    if settings.ema_decay is not None and not 0.0 < settings.ema_decay < 1.0:
+        parser.error(f"--ema-decay must lie in (0, 1), got {settings.ema_decay}.")
     if not 0.0 < settings.kd_weight <= 1.0:
         parser.error(f"--kd-weight must lie in (0, 1], got {settings.kd_weight}.")
     return args, settings

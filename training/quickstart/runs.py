@@ -127,6 +127,7 @@ def train_student(mode: str, settings: Settings, data: Path, output_dir: Path, d
         learning_rate=settings.student_learning_rate, warmup_steps=max(1, steps // 10),
         save_steps=eval_interval(settings), logging_steps=max(1, steps // 20),
         **({"kd_weight": settings.kd_weight} if mode == "reinforced" else {}),
+        **({"ema_decay": settings.ema_decay, "save_ema_weights": True} if settings.ema_decay else {}),
     )
     result = train(config)
     return _copy_folder_once(result.model_dir, folder)

@@ -31,6 +31,7 @@ from modeling_mobileclip.atomic import write_json_atomic
 from modeling_mobileclip.loading import fuse_for_inference
 from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 
+from ..checkpointing import EMA_FILE
 from .held_out import RECALL_K, TOP_K, HeldOutSet, build_held_out_sets, load_style
 from .settings import (CHOOSING_SET, MODES, PRIMARY_SET, STUDENT_STYLE, STUDENT_VARIANT, UNSEEN_STYLE, Settings,
                        curve_steps)
@@ -157,14 +158,19 @@ def evaluate_curve_point(encoder: Any, sets: dict[str, HeldOutSet]) -> dict[str,
 
 
 def student_at(step: int, mode: str, settings: Settings, output_dir: Path) -> MobileCLIPModel:
-    """The student's weights after `step` steps: the shared initialisation, a checkpoint or the final folder."""
+    """The student's weights after `step` steps: the shared initialisation, a checkpoint or the final folder (with
+    `ema_decay`, the EMA of the weights, which starts from the initialisation)."""
     if step == settings.student_steps:
         return MobileCLIPModel.from_pretrained(output_dir / "students" / mode)
     set_seed(settings.seed)  # what `train` does right before building the student: the same initial weights
     model = MobileCLIPModel(MobileCLIPConfig.from_variant(STUDENT_VARIANT))
     if step:
-        weights = output_dir / "runs" / mode / "checkpoints" / f"step_{step}" / "model.safetensors"
-        model.load_state_dict(load_file(str(weights)))
+        checkpoint = output_dir / "runs" / mode / "checkpoints" / f"step_{step}"
+        if settings.ema_decay:  # the EMA file holds timm's ModelEmaV3 wrapper: its keys start with "module."
+            ema = load_file(str(checkpoint / EMA_FILE))
+            model.load_state_dict({key.removeprefix("module."): value for key, value in ema.items()})
+        else:
+            model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
     return model
 
 

@@ -46,6 +46,9 @@ class Settings:
     student_learning_rate: float = 2e-3
     num_augmentations: int = 8
     kd_weight: float = 1.0
+    ema_decay: float | None = None
+    """Both students keep an EMA of their weights (MobileCLIP's recipe keeps one), and their curves score it; None:
+    the raw weights."""
     crop_scale: tuple[float, float] = (0.35, 1.0)
     eval_points: int = 1200 // EVAL_EVERY
     rows_per_style: int | None = None
