@@ -1,7 +1,8 @@
 """The main job: does reinforced training learn faster than plain CLIP training? Measured end to end on real data.
 
     python -m training.quickstart [--output-dir runs/quickstart] [--scale tiny|default|full] [--device cpu|cuda]
-        [--teacher SPEC [--teacher SPEC ...]] [--captioner SPEC] [--seed 0] [--num-threads T]
+        [--teacher SPEC [--teacher SPEC ...] | --num-teachers N] [--captioner SPEC] [--seed 0] [--num-threads T]
+        [--teacher-steps S] [--student-steps S] [--num-augmentations N] [--kd-weight L] [--ema-decay D]
 
 MobileCLIP's claim is learning efficiency: a dataset reinforced once with a teacher ensemble's embeddings of
 recorded augmentations teaches a student far more per sample than the captions alone (arXiv 2311.17049, Fig. 6).
@@ -10,7 +11,7 @@ No pretrained weights can be fetched here, so the experiment makes its own teach
 and captions; the `split` column holds 10% of the emoji out as `val` in both styles):
 
 1. **Teacher.** `mobileclip-tiny-wide` (twice the student's width) trained with the plain CLIP loss on the
-   `train` rows of *both* styles. `--teacher open_clip:ARCH:PRETRAINED` / `--teacher hf:DIR` (repeatable: an
+   `train` rows of *both* styles (`--num-teachers N`: an ensemble of N, each with its own seed, side by side). `--teacher open_clip:ARCH:PRETRAINED` / `--teacher hf:DIR` (repeatable: an
    ensemble) uses real teachers instead.
 2. **Reinforce** the students' data, the `train` rows of Twemoji, with `dataset_scripts.reinforce`: N recorded
    augmentations with the teachers' embeddings, plus the teachers' embeddings of *every* caption of an emoji (the
@@ -19,7 +20,8 @@ and captions; the `split` column holds 10% of the emoji out as `val` in both sty
 3. **Two students**, `mobileclip-tiny`, identical but for the loss: `--mode clip` (the baseline) and
    `--mode reinforced` (lambda = 1: distillation only, the MobileCLIP recipe), same initialisation, same data
    order, same views and captions (one caption of each emoji drawn per epoch), same steps. On a multi-core CPU
-   they train at the same time as two processes that split the cores (faster than one after the other).
+   they train at the same time as two processes that split the cores (faster than one after the other), and each
+   process then scores its own learning curve.
 4. **Learning curves.** Each student's checkpoints (every 50 steps: the names task on Noto; every metric at the
    curve's ends) are evaluated on held-out sets the students never saw: the `val` rows of Twemoji and two thirds of the Noto emoji (an unseen art style); every third Noto
    emoji forms the `choose` set, for choosing settings, never reported. Metrics: zero-shot classification over all
