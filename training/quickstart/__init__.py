@@ -11,8 +11,8 @@ No pretrained weights can be fetched here, so the experiment makes its own teach
 and captions; the `split` column holds 10% of the emoji out as `val` in both styles):
 
 1. **Teacher.** `mobileclip-tiny-wide` (twice the student's width) trained with the plain CLIP loss on the
-   `train` rows of *both* styles (`--num-teachers N`: an ensemble of N, each with its own seed, side by side). `--teacher open_clip:ARCH:PRETRAINED` / `--teacher hf:DIR` (repeatable: an
-   ensemble) uses real teachers instead.
+   `train` rows of *both* styles (`--num-teachers N`: an ensemble of N, each with its own seed, side by side).
+   `--teacher open_clip:ARCH:PRETRAINED` / `--teacher hf:DIR` (repeatable: an ensemble) uses real teachers instead.
 2. **Reinforce** the students' data, the `train` rows of Twemoji, with `dataset_scripts.reinforce`: N recorded
    augmentations with the teachers' embeddings, plus the teachers' embeddings of *every* caption of an emoji (the
    `column:captions` captioner: the dataset's own captions fill the caption slots; `--captioner` adds real
@@ -23,8 +23,9 @@ and captions; the `split` column holds 10% of the emoji out as `val` in both sty
    they train at the same time as two processes that split the cores (faster than one after the other), and each
    process then scores its own learning curve.
 4. **Learning curves.** Each student's checkpoints (every 50 steps: the names task on Noto; every metric at the
-   curve's ends) are evaluated on held-out sets the students never saw: the `val` rows of Twemoji and two thirds of the Noto emoji (an unseen art style); every third Noto
-   emoji forms the `choose` set, for choosing settings, never reported. Metrics: zero-shot classification over all
+   curve's ends) are evaluated on held-out sets the students never saw: the `val` rows of Twemoji and two thirds
+   of the Noto emoji (an unseen art style); every third Noto emoji forms the `choose` set, for choosing settings,
+   never reported. Metrics: zero-shot classification over all
    1,906 emoji names (the primary metric is the mean reciprocal rank of the true name on Noto, which uses every
    image's rank where top-5 moves by whole images; top-5 is reported too), over subcategories and categories, and
    image-text retrieval. The teacher is scored on the same sets (it trained on Noto's `train` rows, so its Noto
