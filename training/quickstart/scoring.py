@@ -199,13 +199,11 @@ def score_curve_points(mode: str, settings: Settings, held_out: dict[str, HeldOu
 
 
 def score_own_curve(mode: str, settings: Settings, output_dir: Path, device: str) -> None:
-    """One student's curve, scored by the process that trained it (see `runs.train_students`): the two students'
-    processes score at the same time what stage 4 would otherwise score one point after the other. The first
-    mode's process also scores the shared initialisation."""
+    """One student's curve, the shared initialisation included, scored by the process that trained it while the
+    other student still trains (see `runs.train_students`); stage 4 reuses the points."""
     held_out = build_held_out_sets(load_style(STUDENT_STYLE, settings.rows_per_style),
                                    load_style(UNSEEN_STYLE, settings.rows_per_style))
-    steps = [step for step in curve_steps(settings) if step or mode == MODES[0]]
-    score_curve_points(mode, settings, held_out, output_dir, device, steps, token_cache={})
+    score_curve_points(mode, settings, held_out, output_dir, device, curve_steps(settings), token_cache={})
 
 
 def evaluate_students(settings: Settings, held_out: dict[str, HeldOutSet], output_dir: Path,
