@@ -271,11 +271,23 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, model: torch.nn.
     return step
 
 
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path, ema: bool = False) -> None:
+    """Loads a checkpoint's model weights (with `ema`, the EMA of the weights) into a plain model, strictly: to score
+    a checkpoint without resuming from it."""
+    if not ema:
+        model.load_state_dict(load_file(str(Path(checkpoint) / MODEL_FILE)))
+        return
+    # `save_checkpoint` writes timm's ModelEmaV3 wrapper, which holds the model as `.module`.
+    weights = load_file(str(Path(checkpoint) / EMA_FILE))
+    model.load_state_dict({key.removeprefix("module."): value for key, value in weights.items()})
+
+
 __all__ = [
     "TrainingState",
     "check_resume_compatible",
     "list_checkpoints",
     "load_checkpoint",
+    "load_checkpoint_weights",
     "refuse_pickle_files",
     "resolve_resume_path",
     "save_checkpoint",

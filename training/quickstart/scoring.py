@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from dataset_scripts.teachers import Teacher, load_teachers
@@ -31,7 +30,7 @@ from modeling_mobileclip.atomic import write_json_atomic
 from modeling_mobileclip.loading import fuse_for_inference
 from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 
-from ..checkpointing import EMA_FILE
+from ..checkpointing import load_checkpoint_weights
 from .held_out import RECALL_K, TOP_K, HeldOutSet, build_held_out_sets, load_style
 from .settings import (CHOOSING_SET, MODES, PRIMARY_SET, STUDENT_STYLE, STUDENT_VARIANT, UNSEEN_STYLE, Settings,
                        curve_steps)
@@ -165,12 +164,8 @@ def student_at(step: int, mode: str, settings: Settings, output_dir: Path) -> Mo
     set_seed(settings.seed)  # what `train` does right before building the student: the same initial weights
     model = MobileCLIPModel(MobileCLIPConfig.from_variant(STUDENT_VARIANT))
     if step:
-        checkpoint = output_dir / "runs" / mode / "checkpoints" / f"step_{step}"
-        if settings.ema_decay:  # the EMA file holds timm's ModelEmaV3 wrapper: its keys start with "module."
-            ema = load_file(str(checkpoint / EMA_FILE))
-            model.load_state_dict({key.removeprefix("module."): value for key, value in ema.items()})
-        else:
-            model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+        load_checkpoint_weights(model, output_dir / "runs" / mode / "checkpoints" / f"step_{step}",
+                                ema=bool(settings.ema_decay))
     return model
 
 
