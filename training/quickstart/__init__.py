@@ -20,8 +20,8 @@ and captions; the `split` column holds 10% of the emoji out as `val` in both sty
 3. **Two students**, `mobileclip-tiny`, identical but for the loss: `--mode clip` (the baseline) and
    `--mode reinforced` (lambda = 1: distillation only, the MobileCLIP recipe), same initialisation, same data
    order, same views and captions (one caption of each emoji drawn per epoch), same steps. On a multi-core CPU
-   they train at the same time as two processes that split the cores (faster than one after the other), and each
-   process then scores its own learning curve.
+   they train at the same time as two processes that split the cores (faster than one after the other), and the
+   plain student's process scores its learning curve while the reinforced student finishes.
 4. **Learning curves.** Each student's checkpoints (every 50 steps: the names task on Noto; every metric at the
    curve's ends) are evaluated on held-out sets the students never saw: the `val` rows of Twemoji and two thirds
    of the Noto emoji (an unseen art style); every third Noto emoji forms the `choose` set, for choosing settings,
