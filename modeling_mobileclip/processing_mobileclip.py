@@ -397,14 +397,16 @@ class MobileCLIPProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @classmethod
-    def from_variant(cls, name: str, vocab_dir: str | Path | None = None) -> "MobileCLIPProcessor":
+    def from_variant(cls, name: str, vocab_dir: str | Path | None = None,
+                     model_max_length: int = CONTEXT_LENGTH) -> "MobileCLIPProcessor":
         """Builds the preprocessing of a published variant offline, e.g. `"mobileclip-s0"` or `"mobileclip2-l-14"`.
 
-        `vocab_dir` holds `vocab.json` + `merges.txt` (default: the copy shipped with this package).
+        `vocab_dir` holds `vocab.json` + `merges.txt` (default: the copy shipped with this package);
+        `model_max_length` is the text towers' context length (77 for every published variant).
         """
         return cls(
             image_processor=MobileCLIPImageProcessor.from_variant(name),
-            tokenizer=MobileCLIPTokenizer.from_bundled_vocab(vocab_dir),
+            tokenizer=MobileCLIPTokenizer.from_bundled_vocab(vocab_dir, model_max_length=model_max_length),
         )
 
     def push_to_hub(self, repo_id: str, model=None, **kwargs):

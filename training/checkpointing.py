@@ -47,7 +47,7 @@ RNG_FILE = "rng_state_{}.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # Changing these between the interrupted and the resumed run would silently change the data order or the model
 # (ema_decay: the EMA weights, which are saved as the model with save_ema_weights).
-RESUME_INVARIANT_KEYS = ("variant", "init_from", "train_data", "train_data_config", "train_split",
+RESUME_INVARIANT_KEYS = ("variant", "init_from", "config_overrides", "train_data", "train_data_config", "train_split",
                          "max_train_samples", "mode", "seed", "global_batch_size_resolved", "ema_decay",
                          "streaming_resolved", "stream_slots_resolved", "shuffle_block_size", "train_images")
 # Formats that torch.save / pickle write. Checked by name and (for files that are not safetensors) by content, so

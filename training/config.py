@@ -43,6 +43,10 @@ class TrainingConfig:
     """Architecture to train from scratch (`modeling_mobileclip.VARIANTS`, or `mobileclip-tiny` for tests)."""
     init_from: str | None = None
     """Saved MobileCLIP folder or Hub id to start from instead of random weights (fine-tuning)."""
+    config_overrides: dict[str, Any] | None = None
+    """Changes to the variant's config for a model trained from scratch (transformers' `config_overrides`), as
+    `MobileCLIPConfig.from_variant` takes them, e.g. `{text_config: {max_position_embeddings: 32}}`; the tokenizer
+    follows the text context length."""
 
     # --- data --------------------------------------------------------------------------------------------------
     train_data: str | None = None
@@ -293,6 +297,9 @@ class TrainingConfig:
         if scales is not None and self.teachers and len(scales) != len(self.teachers):
             raise ConfigError(f"teacher_logit_scales has {len(self.teacher_logit_scales)} values for "
                               f"{len(self.teachers)} teachers {self.teachers}; give one per teacher.")
+        if self.config_overrides and self.init_from:
+            raise ConfigError("config_overrides change the variant of a model trained from scratch, but init_from "
+                              f"({self.init_from!r}) loads a saved one with its own config; drop one of them.")
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("push_to_hub needs hub_model_id (ORG/NAME).")
         if self.hub_model_id is not None and self.hub_model_id.count("/") != 1:

@@ -44,6 +44,11 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     errors = []
     for option in (o for o in options if o is not type(None)):
         origin = typing.get_origin(option)
+        if origin is dict:
+            if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+                return value
+            errors.append(f"{value!r} is not a mapping of names to values")
+            continue
         if origin is list:
             (item_type,) = typing.get_args(option)
             items = value if isinstance(value, list) else [value]

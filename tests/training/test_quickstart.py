@@ -318,11 +318,11 @@ def test_curve_points_score_the_students_ema_when_asked(fresh_accelerate_state, 
     for every floating tensor (BatchNorm statistics included), the formula of MobileCLIP's EMA."""
     from training.config_loading import CONFIGS_DIR, build_config
     from training.quickstart.scoring import student_at
-    from training.quickstart.settings import Settings
+    from training.quickstart.settings import Settings, model_overrides
     from training.train import train
 
     decay, settings = 0.9, Settings(seed=3, student_steps=2, ema_decay=0.9)
-    train(build_config(CONFIGS_DIR / "tiny-cpu-clip.yaml", {
+    train(build_config(CONFIGS_DIR / "tiny-cpu-clip.yaml", {"config_overrides": model_overrides(settings),
         "train_data": str(emoji_subset.parent), "output_dir": str(tmp_path / "runs" / "clip"), "max_steps": 2,
         "train_split": "test", "per_device_batch_size": 8, "save_steps": 1, "report_to": "none", "seed": settings.seed,
         "ema_decay": decay}))
@@ -335,3 +335,22 @@ def test_curve_points_score_the_students_ema_when_asked(fresh_accelerate_state, 
         torch.testing.assert_close(scored[key], decay * initial[key] + (1 - decay) * trained[key], msg=key)
     raw = student_at(1, "clip", Settings(seed=3, student_steps=2), tmp_path).state_dict()
     assert all(torch.equal(raw[key], trained[key]) for key in floating)
+
+
+def test_a_folder_written_before_a_setting_was_recorded_resumes_under_the_value_it_ran_with(tmp_path):
+    """Settings added later (the ensemble, EMA, the text context) are missing from older folders' records: those ran
+    with one teacher, no EMA and a 77-token context, so that is what a rerun into them must ask for."""
+    import dataclasses
+    import json
+
+    import pytest
+
+    from training.quickstart.settings import SETTINGS_FILE, Settings
+
+    recorded = dataclasses.asdict(Settings())
+    for key in ("num_teachers", "ema_decay", "text_context_length"):
+        recorded.pop(key)
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(recorded))
+    Settings(text_context_length=77).check_against(tmp_path)
+    with pytest.raises(ValueError, match=r"text_context_length: 77 before, 32 now"):
+        Settings().check_against(tmp_path)

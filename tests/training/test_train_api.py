@@ -57,3 +57,36 @@ def test_periodic_evaluation_does_not_change_the_training_run(fresh_accelerate_s
     assert {"step-1", "step-2"} <= configs, configs
     for name, tensor in quiet.model.state_dict().items():
         assert torch.equal(tensor, evaluated.model.state_dict()[name]), name
+
+
+def test_config_overrides_give_a_shorter_text_context_and_a_tokenizer_that_follows_it(fresh_accelerate_state,
+                                                                                    tmp_path):
+    """`config_overrides` change the variant of a model trained from scratch; with a 32-token text context the saved
+    processor gives open_clip's ids at `context_length=32` (truncated captions end with `<end_of_text>`)."""
+    import open_clip
+
+    from modeling_mobileclip import MobileCLIPModel
+    from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
+    from training.train import train
+
+    overrides = {"text_config": {"max_position_embeddings": 32}}
+    result = train(_config(tmp_path, "short", max_train_samples=16, max_steps=1, config_overrides=overrides))
+    model = MobileCLIPModel.from_pretrained(result.model_dir)
+    processor = MobileCLIPProcessor.from_pretrained(result.model_dir)
+    assert model.config.text_config.max_position_embeddings == 32
+    texts = ["an emoji of a grinning face", " ".join(["smiling cat face with heart-shaped eyes"] * 6)]
+    ids = processor(text=texts, return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, open_clip.tokenize(texts, context_length=32))
+    assert model.get_text_features(input_ids=ids).pooler_output.shape == (2, model.config.projection_dim)
+
+
+def test_config_overrides_that_cannot_apply_name_the_problem(fresh_accelerate_state, tmp_path):
+    import pytest
+
+    from training.config import ConfigError
+    from training.train import train
+
+    with pytest.raises(ConfigError, match="max_position_embedings.*max_position_embeddings"):
+        train(_config(tmp_path, "typo", config_overrides={"text_config": {"max_position_embedings": 32}}))
+    with pytest.raises(ConfigError, match="config_overrides change the variant of a model trained from scratch"):
+        _config(tmp_path, "both", init_from=str(tmp_path), config_overrides={"projection_dim": 16})

@@ -53,6 +53,10 @@ def test_command_line_overrides_preset_and_parses_yaml_values():
                         "--teacher_logit_scales", "70,60"])
     assert comma.teachers == ["open_clip:ViT-L-14:openai", "hf:org/teacher"]
     assert comma.teacher_logit_scales == [70.0, 60.0]
+    overrides = parse_args(["--config_overrides", "{text_config: {max_position_embeddings: 32}}"]).config_overrides
+    assert overrides == {"text_config": {"max_position_embeddings": 32}}
+    with pytest.raises(ConfigError, match=r"key 'config_overrides' expects .*got 32 \(32 is not a mapping"):
+        parse_args(["--config_overrides", "32"])
 
 
 def test_bad_keys_and_values_name_the_source(tmp_path):

@@ -22,7 +22,8 @@ from modeling_mobileclip.atomic import atomic_folder
 from ..config_loading import CONFIGS_DIR, build_config
 from ..train import train
 from .scoring import score_own_curve
-from .settings import MODES, PRESET, STUDENT_VARIANT, TEACHER_VARIANT, Settings, eval_interval
+from .settings import (MODES, PRESET, STUDENT_VARIANT, TEACHER_VARIANT, Settings, eval_interval,
+                       model_overrides)
 
 
 # DataLoader workers per scale (the data does not depend on them: every draw is a function of (seed, epoch, row)).
@@ -37,7 +38,8 @@ def _config(settings: Settings, device: str, **overrides: Any):
     return build_config(CONFIGS_DIR / PRESET, {
         "seed": settings.seed, "resume_from_checkpoint": "latest", "report_to": "none",
         "num_workers": LOADER_WORKERS[settings.scale],
-        "mixed_precision": "bf16" if device == "cuda" else "no", "save_total_limit": None, **overrides,
+        "mixed_precision": "bf16" if device == "cuda" else "no", "save_total_limit": None,
+        "config_overrides": model_overrides(settings), **overrides,
     })
 
 

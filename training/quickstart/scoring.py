@@ -33,7 +33,7 @@ from modeling_mobileclip.processing_mobileclip import MobileCLIPProcessor
 from ..checkpointing import load_checkpoint_weights
 from .held_out import RECALL_K, TOP_K, HeldOutSet, build_held_out_sets, load_style
 from .settings import (CHOOSING_SET, MODES, PRIMARY_SET, STUDENT_STYLE, STUDENT_VARIANT, UNSEEN_STYLE, Settings,
-                       curve_steps)
+                       curve_steps, model_overrides)
 
 # The key under which a names task's per-image reciprocal ranks are stored (for `report.bootstrap_factor`).
 PER_IMAGE = "reciprocal_ranks"
@@ -162,7 +162,7 @@ def student_at(step: int, mode: str, settings: Settings, output_dir: Path) -> Mo
     if step == settings.student_steps:
         return MobileCLIPModel.from_pretrained(output_dir / "students" / mode)
     set_seed(settings.seed)  # what `train` does right before building the student: the same initial weights
-    model = MobileCLIPModel(MobileCLIPConfig.from_variant(STUDENT_VARIANT))
+    model = MobileCLIPModel(MobileCLIPConfig.from_variant(STUDENT_VARIANT, **model_overrides(settings)))
     if step:
         load_checkpoint_weights(model, output_dir / "runs" / mode / "checkpoints" / f"step_{step}",
                                 ema=bool(settings.ema_decay))
@@ -178,7 +178,8 @@ def score_curve_points(mode: str, settings: Settings, held_out: dict[str, HeldOu
                        device: str, steps: Sequence[int], token_cache: dict[tuple[str, ...], torch.Tensor],
                        progress: tqdm | None = None) -> None:
     """Scores `steps` of one student's curve that are not stored yet, each into its own file (reruns reuse it)."""
-    tokenizer = MobileCLIPProcessor.from_variant(STUDENT_VARIANT).tokenizer
+    tokenizer = MobileCLIPProcessor.from_variant(STUDENT_VARIANT,
+                                                 model_max_length=settings.text_context_length).tokenizer
     points_dir = output_dir / "curve_points"
     points_dir.mkdir(parents=True, exist_ok=True)
     for step in steps:

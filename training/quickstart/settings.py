@@ -50,6 +50,9 @@ class Settings:
     """Both students keep an EMA of their weights (MobileCLIP's recipe keeps one), and their curves score it; None:
     the raw weights."""
     crop_scale: tuple[float, float] = (0.35, 1.0)
+    text_context_length: int = 32
+    """Tokens of the towers' text context: the emoji captions and prompts take at most 24, and the text tower's
+    cost grows with its length (77, the published models' context, made the teacher's step 1.4x longer)."""
     eval_points: int = 1200 // EVAL_EVERY
     rows_per_style: int | None = None
     """Use only the first N rows of each style (tiny runs); None: all 1,906."""
@@ -62,7 +65,7 @@ class Settings:
         path = output_dir / SETTINGS_FILE
         current = json.loads(json.dumps(dataclasses.asdict(self)))
         if path.is_file():
-            saved = json.loads(path.read_text())
+            saved = {**SETTINGS_BEFORE_THEIR_KEY, **json.loads(path.read_text())}
             changed = [f"{key}: {saved.get(key)!r} before, {value!r} now" for key, value in current.items()
                        if saved.get(key) != value]
             if changed:
@@ -70,6 +73,15 @@ class Settings:
                                  "Rerun with the same settings to resume it, or pass a new --output-dir.")
             return
         write_json_atomic(path, current)
+
+
+# What a folder written before a setting was recorded ran with: it still resumes under those values.
+SETTINGS_BEFORE_THEIR_KEY = {"num_teachers": 1, "ema_decay": None, "text_context_length": 77}
+
+
+def model_overrides(settings: Settings) -> dict:
+    """`MobileCLIPConfig.from_variant` keywords of the quickstart's teachers and students."""
+    return {"text_config": {"max_position_embeddings": settings.text_context_length}}
 
 
 SCALES = {
@@ -96,5 +108,5 @@ def curve_steps(settings: Settings) -> list[int]:
 __all__ = [
     "CHOOSING_SET", "CURVES_FILE", "EMOJI_DIR", "EVAL_EVERY", "MODES", "PLOT_FILE", "PRESET", "PRIMARY_METRIC",
     "PRIMARY_SET", "SCALES", "SECONDARY_METRIC", "SETTINGS_FILE", "STUDENT_STYLE", "STUDENT_VARIANT", "STYLE_NAMES",
-    "Settings", "TEACHER_VARIANT", "TEMPLATES", "UNSEEN_STYLE", "curve_steps", "eval_interval",
+    "Settings", "TEACHER_VARIANT", "TEMPLATES", "UNSEEN_STYLE", "curve_steps", "eval_interval", "model_overrides",
 ]
