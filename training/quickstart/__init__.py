@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/quickstart", help="everything goes here (reruns resume)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="default",
-                        help="tiny: seconds (tests); default: ~15 min on 2 CPU cores; full: a GPU")
+                        help="tiny: seconds (tests); default: ~12 min on 2 CPU cores; full: a GPU")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--teacher", action="append", default=[], metavar="SPEC",
                         help="open_clip:ARCH:PRETRAINED or hf:DIR instead of training a teacher (repeat: an ensemble)")

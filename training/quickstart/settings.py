@@ -88,7 +88,7 @@ SCALES = {
     # End to end in seconds: the CI test of every artefact (not of the factor's value).
     "tiny": dict(teacher_steps=6, teacher_batch_size=16, student_steps=8, student_batch_size=16,
                  num_augmentations=2, eval_points=4, rows_per_style=80),
-    # Two CPU cores, about 15 minutes, teacher included.
+    # Two CPU cores, about 12 minutes, teacher included (15 at most, issue 21).
     "default": {},
     # One GPU: a longer teacher and longer students with more augmentations.
     "full": dict(teacher_steps=6000, teacher_batch_size=256, student_steps=4000, student_batch_size=128,
