@@ -22,7 +22,8 @@ REPARAMETERIZED_SUBFOLDER = "reparameterized"
 def write_model_folder(model, folder: str | os.PathLike, processor=None,
                        model_card: Callable[[bool], Any] | None = None, reparameterized_subfolder: bool = False,
                        max_shard_size: int | str | None = None) -> Path:
-    """Writes `model` and `processor` (default: the processor of the config's variant) into `folder`.
+    """Writes `model` and `processor` (default: the processor of the config's variant, at its text context length)
+    into `folder`.
 
     `model_card(reparameterized)` returns the card (a `huggingface_hub.ModelCard`) of each form written;
     `reparameterized_subfolder` adds the fused copy in `REPARAMETERIZED_SUBFOLDER/` (nothing to add when `model` is
@@ -34,7 +35,7 @@ def write_model_folder(model, folder: str | os.PathLike, processor=None,
     if processor is None:
         if not model.config.variant:
             raise ValueError("The model config names no variant, so its processor is unknown: pass processor=.")
-        processor = MobileCLIPProcessor.from_variant(model.config.variant)
+        processor = MobileCLIPProcessor.from_model_config(model.config)
     forms = [(folder, model, bool(model.config.vision_config.reparameterized))]
     if reparameterized_subfolder and not model.config.vision_config.reparameterized:
         forms.append((folder / REPARAMETERIZED_SUBFOLDER, copy.deepcopy(model).eval().reparameterize(), True))

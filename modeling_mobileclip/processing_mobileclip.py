@@ -409,6 +409,13 @@ class MobileCLIPProcessor(ProcessorMixin):
             tokenizer=MobileCLIPTokenizer.from_bundled_vocab(vocab_dir, model_max_length=model_max_length),
         )
 
+    @classmethod
+    def from_model_config(cls, config, default_variant: str | None = None) -> "MobileCLIPProcessor":
+        """The preprocessing of a model built from a variant: the variant's (`config.variant`, else `default_variant`)
+        with a tokenizer at the model's own text context length (a `config_overrides` run may shorten it)."""
+        return cls.from_variant(config.variant or default_variant,
+                                model_max_length=config.text_config.max_position_embeddings)
+
     def push_to_hub(self, repo_id: str, model=None, **kwargs):
         """With `model`: the complete folder (weights, remote code, these processor files, model card) through
         `MobileCLIPModel.push_to_hub(repo_id, processor=self)`. Without: transformers' push of the processor files

@@ -120,15 +120,14 @@ def build_model_and_processor(config: TrainingConfig) -> tuple[MobileCLIPModel, 
         try:
             processor = MobileCLIPProcessor.from_pretrained(config.init_from)
         except (OSError, ValueError):
-            processor = MobileCLIPProcessor.from_variant(model.config.variant or config.variant)
+            processor = MobileCLIPProcessor.from_model_config(model.config, default_variant=config.variant)
     else:
         try:
             model_config = MobileCLIPConfig.from_variant(config.variant, **(config.config_overrides or {}))
         except TypeError as error:
             raise ConfigError(f"config_overrides {config.config_overrides}: {error}") from None
         model = MobileCLIPModel(model_config)
-        processor = MobileCLIPProcessor.from_variant(
-            config.variant, model_max_length=model_config.text_config.max_position_embeddings)
+        processor = MobileCLIPProcessor.from_model_config(model_config)
     model.config.logit_scale_max = config.logit_scale_max
     return model, processor
 

@@ -373,3 +373,15 @@ def test_save_and_auto_processor_reload_without_our_package(tmp_path, golden_ima
     with torch.no_grad():
         probabilities = tiny_model(input_ids=prompt_ids, pixel_values=pixel_values).logits_per_image.softmax(-1)[0]
     np.testing.assert_allclose(reloaded["pipeline_scores"], probabilities.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_folder_written_without_a_processor_tokenizes_at_the_models_text_context(tmp_path):
+    """`write_model_folder` derives the processor from the model's config: a model whose text context was shortened
+    (`config_overrides`) gets open_clip's ids at that length, not the published 77."""
+    from modeling_mobileclip.model_folder import write_model_folder
+
+    config = MobileCLIPConfig.from_variant("mobileclip-tiny", text_config={"max_position_embeddings": 32})
+    folder = write_model_folder(MobileCLIPModel(config), tmp_path / "short")
+    texts = ["an emoji of a grinning face", " ".join(["smiling cat face with heart-shaped eyes"] * 6)]
+    ids = MobileCLIPProcessor.from_pretrained(folder)(text=texts, return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, open_clip.tokenize(texts, context_length=32))
